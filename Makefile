@@ -1,0 +1,41 @@
+# Two entry points (see README): `make book` builds the book, `make test` runs every test.
+# Both create the virtual environment first when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ranem-installed
+
+# Pin glibc malloc: without it every large activation buffer is mmapped and unmapped on
+# each forward, which halves CPU throughput (REFERENCE.md section 7).
+export MALLOC_MMAP_MAX_ = 0
+export MALLOC_TRIM_THRESHOLD_ = 2147483647
+export MALLOC_TOP_PAD_ = 268435456
+# A relative RANEM_DATA would break in notebooks (their working directory is book/).
+ifdef RANEM_DATA
+export RANEM_DATA := $(abspath $(RANEM_DATA))
+endif
+
+.PHONY: book html test env clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[book,test]'
+	touch $(STAMP)
+
+# Execute the chapters this machine can run (cpu mode by default; gpu-only chapters keep
+# their stored outputs), then render them to _build/html with warnings as errors.
+book: $(STAMP)
+	RANEM_MODE=$${RANEM_MODE:-cpu} $(BIN)/python book/_execute.py
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+# Render only, from the stored outputs.
+html: $(STAMP)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+test: $(STAMP)
+	RANEM_MODE=quick $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf _build

@@ -1,0 +1,155 @@
+"""Run modes, data locations, device choice and seeding.
+
+One switch, the environment variable ``RANEM_MODE``, scales every notebook and script:
+
+- ``quick``: seconds per notebook; proves the code path (tests, CI), not the science.
+- ``cpu``: a laptop reproduction on real data at small scale (2 cores, about 20 minutes for the book).
+- ``gpu``: the paper's protocol (224 px, full-size classifiers, 10 epochs, 1000 evaluation images).
+
+The default is ``gpu`` when CUDA is available, else ``cpu``.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODES = ("quick", "cpu", "gpu")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every size a notebook needs, for one run mode. Print it in the parameters cell."""
+
+    mode: str
+    # Synthetic shapes dataset (ranem.data.synthetic).
+    synthetic_size: int
+    synthetic_train: int
+    synthetic_val: int
+    # Imagenette: side length the images are resized to, and how many images per split (0 = all).
+    image_size: int
+    imagenette_train: int
+    imagenette_val: int
+    # Classifiers to explain (timm names) and their training budget when no pretrained weights exist.
+    cnn: str
+    vit: str
+    vit_kwargs: dict = field(default_factory=dict)
+    pretrained: bool = False
+    classifier_epochs: int = 1
+    classifier_batch: int = 64
+    # Explanation networks (Ra-NEM, NEMt).
+    nem_train: int = 64
+    nem_epochs: int = 1
+    nem_samples: int = 6
+    nem_batch: int = 32
+    # Evaluation.
+    n_eval: int = 4
+    curve_steps: int = 16
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        rows = [f"  {k:<18} {v}" for k, v in self.as_dict().items()]
+        return "Settings(\n" + "\n".join(rows) + "\n)"
+
+
+_SETTINGS = {
+    "quick": Settings(
+        mode="quick",
+        synthetic_size=32, synthetic_train=512, synthetic_val=128,
+        image_size=32, imagenette_train=300, imagenette_val=100,
+        cnn="resnet10t", vit="vit_tiny_patch16_224", vit_kwargs={"img_size": 32, "patch_size": 8},
+        classifier_epochs=1, classifier_batch=64,
+        nem_train=64, nem_epochs=1, nem_samples=6, nem_batch=16,
+        n_eval=4, curve_steps=16,
+    ),
+    "cpu": Settings(
+        mode="cpu",
+        synthetic_size=64, synthetic_train=4000, synthetic_val=1000,
+        image_size=64, imagenette_train=0, imagenette_val=0,
+        cnn="resnet10t", vit="vit_tiny_patch16_224", vit_kwargs={"img_size": 64, "patch_size": 16},
+        classifier_epochs=6, classifier_batch=64,
+        nem_train=2000, nem_epochs=5, nem_samples=6, nem_batch=32,
+        n_eval=100, curve_steps=64,
+    ),
+    "gpu": Settings(
+        mode="gpu",
+        synthetic_size=64, synthetic_train=10000, synthetic_val=2000,
+        image_size=224, imagenette_train=0, imagenette_val=0,
+        cnn="resnet50", vit="vit_base_patch16_224", pretrained=True,
+        classifier_epochs=10, classifier_batch=128,
+        nem_train=10000, nem_epochs=10, nem_samples=6, nem_batch=32,
+        n_eval=1000, curve_steps=224,
+    ),
+}
+
+
+def get_mode() -> str:
+    """The run mode from ``RANEM_MODE``; defaults to gpu with CUDA, else cpu."""
+    mode = os.environ.get("RANEM_MODE", "").strip().lower()
+    if not mode:
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if mode not in MODES:
+        raise ValueError(
+            f"RANEM_MODE={os.environ['RANEM_MODE']!r} is not a run mode; expected one of {', '.join(MODES)}"
+        )
+    return mode
+
+
+def settings(mode: str | None = None, **overrides) -> Settings:
+    """The settings of ``mode`` (default: ``get_mode()``), with optional field overrides."""
+    mode = get_mode() if mode is None else mode
+    if mode not in _SETTINGS:
+        raise ValueError(f"mode={mode!r} is not a run mode; expected one of {', '.join(MODES)}")
+    return replace(_SETTINGS[mode], **overrides) if overrides else _SETTINGS[mode]
+
+
+def device(prefer: str | None = None) -> torch.device:
+    """CUDA when available (or asked for), else CPU. ``RANEM_DEVICE`` overrides."""
+    choice = prefer or os.environ.get("RANEM_DEVICE")
+    if choice:
+        return torch.device(choice)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a CPU generator seeded the same way."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def data_root() -> Path:
+    """Where datasets live: ``$RANEM_DATA`` (a relative path is taken from the project root
+    when it does not exist from the working directory), else the project's ``data/``."""
+    env = os.environ.get("RANEM_DATA")
+    if not env:
+        return PROJECT_ROOT / "data"
+    path = Path(env).expanduser()
+    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+        path = PROJECT_ROOT / path
+    return path.resolve()
+
+
+def cache_dir() -> Path:
+    """Where trained artefacts (classifiers, NEMs) are cached: ``$RANEM_CACHE``, else
+    ``<data root>/ranem-cache``, else (read-only data root) ``~/.cache/ranem``."""
+    env = os.environ.get("RANEM_CACHE")
+    candidates = [Path(env).expanduser()] if env else [data_root() / "ranem-cache", Path.home() / ".cache" / "ranem"]
+    for path in candidates:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(path, os.W_OK):
+            return path
+    raise OSError(f"no writable cache directory among {[str(p) for p in candidates]}; set RANEM_CACHE")

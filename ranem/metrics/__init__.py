@@ -1,0 +1,6 @@
+"""Faithfulness (insertion/deletion curves, AUC, Monte-Carlo AUC) and the evaluation suite.
+
+Each concept lives in its own submodule; everything public is re-exported here, so that
+``ranem.metrics.insertion_curve`` and ``ranem.metrics.avg_sensitivity`` both work.
+"""
+from ranem.metrics.curves import *  # noqa: F401,F403
