@@ -1,0 +1,61 @@
+"""Normalisation of images for timm classifiers, and argument checks shared by the datasets."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_count(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+def _channel_stats(values: Sequence[float], channels: int, name: str, like: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32, device=like.device).flatten()
+    if t.numel() != channels:
+        raise ValueError(f"{name} must have one value per channel ({channels}), got {t.numel()}")
+    if name == "std" and bool((t <= 0).any()):
+        raise ValueError(f"std must be > 0 in every channel, got {t.tolist()}")
+    return t.view(channels, 1, 1)
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 images, or floats in [0, 1], shaped (..., C, H, W) -> float32 ``(x - mean) / std``."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim < 3:
+        raise ValueError(f"images must be shaped (..., C, H, W), got {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        x = images.float().div_(255.0)
+    elif images.is_floating_point():
+        # A second normalisation is the classic silent bug: refuse values outside [0, 1].
+        if images.numel() and (float(images.min()) < 0.0 or float(images.max()) > 1.0):
+            raise ValueError("float images must lie in [0, 1] (are they normalised already?)")
+        x = images.float()
+    else:
+        raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
+    c = x.shape[-3]
+    return (x - _channel_stats(mean, c, "mean", x)) / _channel_stats(std, c, "std", x)
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD, clamp: bool = True) -> torch.Tensor:
+    """Inverse of ``normalize`` for display: float32 in [0, 1] (clamped unless ``clamp=False``)."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise TypeError("images must be a floating-point torch.Tensor (a normalised batch)")
+    if images.ndim < 3:
+        raise ValueError(f"images must be shaped (..., C, H, W), got {tuple(images.shape)}")
+    c = images.shape[-3]
+    x = images.float() * _channel_stats(std, c, "std", images) + _channel_stats(mean, c, "mean", images)
+    return x.clamp_(0.0, 1.0) if clamp else x
