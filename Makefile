@@ -10,6 +10,9 @@ STAMP := $(VENV)/.ranem-installed
 export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 2147483647
 export MALLOC_TOP_PAD_ = 268435456
+# Idle OpenMP threads sleep instead of spinning: with a notebook kernel and pytest (or any other
+# process) sharing the cores, spinning threads made torch 10-30x slower here.
+export OMP_WAIT_POLICY = PASSIVE
 # A relative RANEM_DATA would break in notebooks (their working directory is book/).
 ifdef RANEM_DATA
 export RANEM_DATA := $(abspath $(RANEM_DATA))
