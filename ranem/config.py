@@ -50,6 +50,15 @@ class Settings:
     # Evaluation.
     n_eval: int = 4
     curve_steps: int = 16
+    # Cost knobs of the baselines (chapters 7-8; defaults = the paper's protocol): RISE masks,
+    # Integrated Gradients steps, Smooth Pixel Mask iterations, Average Sensitivity samples, how
+    # many images the robustness and randomisation metrics use, and IBA's noise draws per step.
+    rise_masks: int = 4096
+    ig_steps: int = 50
+    mask_iterations: int = 800
+    sensitivity_samples: int = 30
+    n_robust: int = 100
+    iba_draws: int = 10
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +77,7 @@ _SETTINGS = {
         classifier_epochs=1, classifier_batch=64,
         nem_train=64, nem_epochs=1, nem_samples=6, nem_batch=16,
         n_eval=4, curve_steps=16,
+        rise_masks=64, ig_steps=8, mask_iterations=5, sensitivity_samples=2, n_robust=2, iba_draws=2,
     ),
     "cpu": Settings(
         mode="cpu",
@@ -75,8 +85,9 @@ _SETTINGS = {
         image_size=64, imagenette_train=0, imagenette_val=0,
         cnn="resnet10t", vit="vit_tiny_patch16_224", vit_kwargs={"img_size": 64, "patch_size": 16},
         classifier_epochs=6, classifier_batch=64,
-        nem_train=2000, nem_epochs=5, nem_samples=6, nem_batch=32,
+        nem_train=800, nem_epochs=3, nem_samples=6, nem_batch=16,
         n_eval=100, curve_steps=64,
+        rise_masks=300, ig_steps=16, mask_iterations=50, sensitivity_samples=3, n_robust=8, iba_draws=4,
     ),
     "gpu": Settings(
         mode="gpu",
@@ -86,6 +97,7 @@ _SETTINGS = {
         classifier_epochs=10, classifier_batch=128,
         nem_train=10000, nem_epochs=10, nem_samples=6, nem_batch=32,
         n_eval=1000, curve_steps=224,
+        rise_masks=4096, ig_steps=50, mask_iterations=800, sensitivity_samples=30, n_robust=100, iba_draws=10,
     ),
 }
 

@@ -4,3 +4,6 @@ Each concept lives in its own submodule; everything public is re-exported here, 
 ``ranem.metrics.insertion_curve`` and ``ranem.metrics.avg_sensitivity`` both work.
 """
 from ranem.metrics.curves import *  # noqa: F401,F403
+from ranem.metrics.robustness import *  # noqa: F401,F403
+from ranem.metrics.stats import *  # noqa: F401,F403
+from ranem.metrics.localisation import *  # noqa: F401,F403

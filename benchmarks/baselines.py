@@ -1,0 +1,175 @@
+"""Cost of ranem's baselines against their floors, and our RISE against captum-rise, from one run.
+
+- floor: the forward (+ backward) passes a method cannot avoid, run as plain batches of the same
+  size on unmasked inputs (RISE: masks x images forwards; Integrated Gradients: steps x images
+  forward+backward to the input; Grad-CAM++: one forward and a backward to its layer only; ...).
+  ``ours / floor`` near 1 means the method adds little on top.
+- captum-rise (``pip install captum-rise``, the package the Ra-NEM authors used): one forward per
+  mask, masks built cell by cell in Python. Given a softmax-wrapped model it computes the same
+  estimator as ours (with its own random masks), so the maps agree up to Monte-Carlo noise; we
+  report their Spearman correlation next to the correlation of two of our own seeds.
+- seconds per image at batch size 1 (label forward included) for every method.
+
+Timings are medians over interleaved repeats, so a noisy machine slows every variant alike. Run
+captum-rise from a separate environment, never the project's:
+
+  python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install -e . captum-rise quantus
+  MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456 \\
+      /tmp/bench-venv/bin/python benchmarks/baselines.py --size 64 --images 4 --masks 1000
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import timm
+import torch
+
+from ranem import baselines
+from ranem.baselines.gradcam import hooked_activation
+from ranem.metrics import explain_time, spearman
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def forwards(model, x, rows, batch_size, backward=False):
+    """``rows`` forwards (with an input-gradient backward when asked) in batches of ``batch_size``."""
+    pool = x.repeat(-(-batch_size // x.shape[0]), 1, 1, 1)[:batch_size]
+    done = 0
+    while done < rows:
+        n = min(batch_size, rows - done)
+        if backward:
+            inp = pool[:n].detach().requires_grad_(True)
+            torch.autograd.grad(model(inp)[:, 0].sum(), inp)
+        else:
+            with torch.inference_mode():
+                model(pool[:n]).softmax(1)
+        done += n
+
+
+def load_model(name, size, device):
+    """The cached cpu-mode classifier when it matches (RISE maps of a trained model carry signal,
+    so the agreement with captum-rise means something), else a randomly initialised timm model."""
+    from ranem import classifiers, config
+    cpu = config.settings("cpu")
+    spec = classifiers.classifier_spec("cnn", "imagenette", cpu)
+    cached = (config.cache_dir() / "classifiers" / f"{classifiers.cache_key(spec)}.safetensors").is_file()
+    if cached and cpu.image_size == size and cpu.cnn == name:  # never train (nor wait for) one here
+        model = classifiers.get_classifier("cnn", "imagenette", settings=cpu, progress=False, device=device)
+        return model, "trained (cpu-mode cache)"
+    kwargs = {"img_size": size, "patch_size": 16} if name.startswith("vit") else {}
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, **kwargs).eval().to(device).requires_grad_(False)
+    return model, "random weights"
+
+
+def cam_floor(model, x):
+    """Forward, then the gradient of the logits with respect to the target layer only."""
+    with hooked_activation(baselines.find_target_layer(model)) as hook:
+        out = model(x.detach().requires_grad_(True))
+        torch.autograd.grad(out[:, 0].sum(), hook.value)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet10t")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--masks", type=int, default=1000)
+    ap.add_argument("--ig-steps", type=int, default=16)
+    ap.add_argument("--iterations", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    model, origin = load_model(args.model, args.size, device)
+    x = torch.randn(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    try:  # real held-out images when the data are there: RISE on noise inputs says little
+        from ranem import data
+        u8, _ = data.imagenette_arrays("val", args.size, download=False)
+        pick = torch.randperm(len(u8), generator=torch.Generator().manual_seed(0))[:args.images]
+        x = data.normalize(u8[pick]).to(device)
+        origin += ", Imagenette validation images"
+    except Exception:  # noqa: BLE001
+        origin += ", Gaussian noise images"
+    b, bs = x.shape[0], args.batch_size
+    target = model(x).argmax(1)
+    print(f"model {args.model} ({origin}) at {args.size} px, {b} images, device {device}, torch threads "
+          f"{torch.get_num_threads()}")
+
+    # (name, ours, floor) per method; the floor does the passes the method cannot avoid.
+    rise_bs = max(b, bs // b * b)
+    cases = [
+        ("saliency", lambda: baselines.saliency(model, x, target), lambda: forwards(model, x, b, bs, True)),
+        ("integrated_gradients", lambda: baselines.integrated_gradients(model, x, target, steps=args.ig_steps),
+         lambda: forwards(model, x, b * args.ig_steps, bs, True)),
+        ("gradient_shap", lambda: baselines.gradient_shap(model, x, target),
+         lambda: forwards(model, x, b * 5, bs, True)),
+        ("grad_cam_pp", lambda: baselines.grad_cam_pp(model, x, target), lambda: cam_floor(model, x)),
+        ("rise", lambda: baselines.rise(model, x, target, masks=args.masks, batch_size=bs),
+         lambda: forwards(model, x, b * args.masks, rise_bs)),
+        ("smooth_pixel_mask", lambda: baselines.smooth_pixel_mask(model, x, target, iterations=args.iterations),
+         lambda: [forwards(model, x, b, bs, True) for _ in range(args.iterations)]),
+        ("iba", lambda: baselines.iba(model, x, target),
+         lambda: [forwards(model, x, b * 10, bs, True) for _ in range(10)]),
+    ]
+    peer = None
+    try:
+        from rise import RISE as CaptumRISE  # captum-rise, benchmark only
+        prob_model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1))
+        peer = lambda: CaptumRISE(prob_model).attribute(x, n_masks=args.masks, initial_mask_shapes=((7, 7),),
+                                                        target=target)
+    except ImportError:
+        print("captum-rise not installed: RISE is compared with its floor only")
+
+    times = {name: ([], []) for name, _, _ in cases}
+    peer_times = []
+    for name, ours, floor in cases:  # warm-up
+        ours()
+        floor()
+    for _ in range(args.repeats):
+        for name, ours, floor in cases:
+            times[name][0].append(timed(ours, device))
+            times[name][1].append(timed(floor, device))
+        if peer is not None:
+            peer_times.append(timed(peer, device))
+
+    print(f"\n{'method':<22} {'ours s/img':>11} {'floor s/img':>12} {'ours/floor':>11}")
+    for name, _, _ in cases:
+        o, f = statistics.median(times[name][0]) / b, statistics.median(times[name][1]) / b
+        print(f"{name:<22} {o:>11.4f} {f:>12.4f} {o / f:>11.2f}")
+
+    if peer is not None:
+        ours_rise = statistics.median(times["rise"][0])
+        theirs = statistics.median(peer_times)
+        a = baselines.rise(model, x, target, masks=args.masks, seed=0)
+        a2 = baselines.rise(model, x, target, masks=args.masks, seed=1)
+        c = peer().reshape(a.shape)
+        print(f"\nRISE, {args.masks} masks: captum-rise {theirs / b:.4f} s/img, ours {ours_rise / b:.4f} s/img: "
+              f"ours is {theirs / ours_rise:.1f}x faster")
+        print(f"RISE maps: Spearman(ours, captum-rise) = {spearman(a, c).mean():.3f}; "
+              f"Spearman(ours seed 0, ours seed 1) = {spearman(a, a2).mean():.3f} (Monte-Carlo noise level)")
+
+    print(f"\nseconds per image at batch size 1 (label forward included, {args.repeats} repeats):")
+    for name, _, _ in cases:
+        opts = {"integrated_gradients": {"steps": args.ig_steps}, "rise": {"masks": args.masks},
+                "smooth_pixel_mask": {"iterations": args.iterations}}.get(name, {})
+        fn = baselines.get_explainer(name, **opts)
+        print(f"  {name:<22} {explain_time(fn, model, x[:2], repeats=args.repeats, batched=False)['per_image']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Explanation latency of a NEM against the classifier's own forward and against Saliency.
+
+- forward: the classifier alone (``inference_mode``): the prediction every method must make.
+- ranem: ``RaNEM.predict``: the SAME single forward of the classifier (logits + feature maps)
+  plus the decoder. Target: <= 1.3x the forward.
+- saliency: ``ranem.baselines.saliency`` (Captum): forward + backward to the input. Target: Ra-NEM
+  >= 1.5x faster at batch 1.
+
+Weights are random: latency does not depend on them. Timings are medians over interleaved repeats
+(every method once per round), so a noisy machine slows all alike; the ratios are what to read.
+
+  MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456 \\
+      .venv/bin/python benchmarks/explain.py --model resnet10t --size 64
+  .venv/bin/python benchmarks/explain.py --model resnet50 --size 224 --batches 1 64   # the paper's
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import timm
+import torch
+
+from ranem.baselines import saliency
+from ranem.nem import RaNEM
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, inner: int) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / inner
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet10t")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    kwargs = {"img_size": args.size} if "vit" in args.model else {}
+    model = timm.create_model(args.model, num_classes=10, **kwargs).eval().to(device)
+    model.requires_grad_(False)
+    model.ranem_info = {"image_size": args.size}
+    nem = RaNEM(model).eval()
+    n_clf = sum(p.numel() for p in model.parameters())
+    n_dec = sum(p.numel() for p in nem.decoder.parameters())
+    print(f"model {args.model} (random init) at {args.size} px on {device} ({torch.get_num_threads()} threads); "
+          f"parameters: classifier {n_clf / 1e6:.2f} M, decoder {n_dec / 1e6:.2f} M")
+
+    for batch in args.batches:
+        x = torch.randn(batch, 3, args.size, args.size, device=device)
+
+        def forward():
+            with torch.inference_mode():
+                model(x)
+
+        runs = {"forward": forward, "ranem": lambda: nem.predict(x), "saliency": lambda: saliency(model, x)}
+        inner = max(1, 8 // batch)  # batch 1 is short: average a few calls per sample
+        for fn in runs.values():  # warm-up (allocator, oneDNN/cuDNN kernel choice)
+            fn(), fn()
+        times = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                times[name].append(timed(fn, device, inner))
+        med = {name: statistics.median(t) for name, t in times.items()}
+        print(f"batch {batch}:")
+        for name, t in med.items():
+            print(f"  {name:<9} {1000 * t:9.2f} ms  {1000 * t / batch:8.3f} ms/image")
+        print(f"  ranem / forward    = {med['ranem'] / med['forward']:.2f}  (target <= 1.3)")
+        print(f"  saliency / ranem   = {med['saliency'] / med['ranem']:.2f}  (target >= 1.5 at batch 1)")
+
+
+if __name__ == "__main__":
+    main()

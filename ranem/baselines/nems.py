@@ -1,0 +1,81 @@
+"""Ra-NEM and NEMt behind the baselines' interface, loaded lazily from ``ranem.nem``/``ranem.train``.
+
+``ranem(model, x, target=None, nem=None)`` returns the attribution of a trained NEM *reading
+``model``*: the NEM's trained decoder is attached to the classifier that is passed, so a
+randomised copy of the classifier (the MPRT) is explained by the same decoder on top of the
+randomised encoder, as the test asks. Pass ``nem=`` a trained ``RaNEM``/``NEMt``; otherwise the
+book's NEM is found with ``get_nem`` from the ``ranem_info`` that ``ranem.classifiers`` attaches to
+its classifiers (loaded from the cache, or trained once). ``target`` is accepted for the common
+interface and ignored: a NEM explains the model's own top-1 prediction.
+"""
+from __future__ import annotations
+
+import weakref
+
+from ranem.baselines._common import check_images, check_model
+
+__all__ = ["ranem", "nemt", "nem_for", "attach"]
+
+_TRAINED: dict = {}  # (kind, classifier key) -> trained NEM
+_ATTACHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {id(nem): attached}
+
+
+def _get_nem():
+    try:
+        from ranem.nem import get_nem
+    except ImportError:
+        from ranem.train import get_nem
+    return get_nem
+
+
+def nem_for(model, kind: str):
+    """The book's trained NEM of ``kind`` ("ranem" or "nemt") for a classifier of ``ranem.classifiers``."""
+    info = getattr(model, "ranem_info", None)
+    if not isinstance(info, dict) or "kind" not in info:
+        raise ValueError(
+            f"no trained {kind} is known for this {type(model).__name__}: pass nem= a trained ranem.nem "
+            "model, or explain a classifier from ranem.classifiers.get_classifier")
+    key = (kind, info.get("key"), info["kind"], info.get("dataset", "imagenette"))
+    if key not in _TRAINED:
+        _TRAINED[key] = _get_nem()(kind=kind, classifier_kind=info["kind"], dataset=info.get("dataset", "imagenette"))
+    return _TRAINED[key]
+
+
+def attach(nem, model):
+    """``nem``'s trained decoder on top of ``model`` (same architecture) as encoder; ``nem`` itself
+    when it already reads ``model``. Cached per (model, nem) for as long as ``model`` lives."""
+    if nem.classifier is model:
+        return nem
+    per_model = _ATTACHED.setdefault(model, {})
+    if id(nem) not in per_model or per_model[id(nem)][0] is not nem:  # the pair keeps nem alive: ids stay unique
+        options = {k: v for k, v in nem.config.items() if k != "area_weight"}
+        if "area_weight" in nem.config:
+            options["area_weight"] = nem.config["area_weight"]
+        twin = type(nem)(model, **options)
+        twin.decoder.load_state_dict(nem.decoder.state_dict())
+        twin.history = nem.history
+        per_model[id(nem)] = (nem, twin)
+    return per_model[id(nem)][1]
+
+
+def _explain(kind, model, x, nem):
+    check_model(model)
+    check_images(x)
+    trained = nem if nem is not None else nem_for(model, kind)
+    return attach(trained, model).explain(x)
+
+
+def ranem(model, x, target=None, nem=None):
+    """Ra-NEM attribution (B, H, W): the decoder's per-pixel logits, one forward pass."""
+    return _explain("ranem", model, x, nem)
+
+
+def nemt(model, x, target=None, nem=None):
+    """NEMt attribution (B, H, W): the decoder's mask logits (sigmoid = the mask), one forward pass."""
+    return _explain("nemt", model, x, nem)
+
+
+# One forward of the classifier gives both the label and the NEM's map: timing (``explain_time``)
+# must not add a second forward for the label.
+ranem.predicts_label = True
+nemt.predicts_label = True

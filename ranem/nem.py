@@ -1,0 +1,421 @@
+"""Neural explanation masks: a frozen classifier as encoder, a small U-Net decoder, Ra-NEM and NEMt.
+
+One forward of the frozen classifier yields both its logits and the feature maps the decoder reads,
+so an explanation costs the prediction plus a light decoder. ``RaNEM`` trains the decoder through
+the Gumbel-top-k operator (binary masks, straight-through); ``NEMt`` through a continuous sigmoid mask
+with an area penalty. Training itself lives in ``ranem.train``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ranem import ops
+
+__all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "NEMt", "classifier_fingerprint", "get_nem"]
+FORMAT = "ranem-nem/1"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------- encoder
+def _pick_features(feature_info: list[dict]) -> list[int]:
+    """Which of a timm model's feature levels feed the decoder: the deepest map of each stride for
+    CNNs; for ViTs (every block at one stride) four blocks spread over the depth."""
+    strides = [int(f["reduction"]) for f in feature_info]
+    if len(set(strides)) == 1:
+        n = len(strides)
+        return sorted({max(0, round((i + 1) * n / 4) - 1) for i in range(min(4, n))})
+    last = {s: i for i, s in enumerate(strides)}
+    return sorted(last.values())
+
+
+def _image_size(model: nn.Module) -> tuple[int, int]:
+    info = getattr(model, "ranem_info", None) or {}
+    if info.get("image_size"):
+        s = info["image_size"]
+        return (s, s) if isinstance(s, int) else tuple(s)
+    patch = getattr(model, "patch_embed", None)
+    if patch is not None and getattr(patch, "img_size", None):
+        return tuple(patch.img_size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("input_size", (3, 224, 224))[1:])
+
+
+class FrozenEncoder(nn.Module):
+    """Wraps a frozen classifier: ``forward(x) -> (logits, [feature maps, deepest first])`` from ONE
+    forward pass. Uses timm's ``forward_intermediates`` + ``forward_head`` when present (ViT token
+    grids come back as NCHW with prefix tokens dropped); otherwise forward hooks on ``layers`` (module
+    names) or on the modules listed in the model's ``feature_info``."""
+
+    def __init__(self, classifier: nn.Module, layers: list[str] | None = None):
+        super().__init__()
+        if not isinstance(classifier, nn.Module):
+            raise TypeError(f"classifier must be a torch.nn.Module, got {type(classifier).__name__}")
+        self.classifier = classifier.eval().requires_grad_(False)
+        info = getattr(classifier, "feature_info", None)
+        info = list(info) if info is not None and not callable(info) else None
+        if layers is not None:
+            names = dict(classifier.named_modules())
+            missing = [n for n in layers if n not in names]
+            if not layers or missing:
+                raise ValueError(f"layers must name modules of the classifier; not found: {missing or layers}")
+            self.mode, self.layers = "hooks", list(layers)
+        elif hasattr(classifier, "forward_intermediates") and hasattr(classifier, "forward_head") and info:
+            self.mode, self.indices = "intermediates", _pick_features(info)
+        elif info and all("module" in f for f in info):
+            self.mode = "hooks"
+            self.layers = [info[i]["module"] for i in _pick_features(info)]
+        else:
+            raise TypeError(
+                f"cannot read feature maps from {type(classifier).__name__}: it is not a timm model with "
+                "forward_intermediates/feature_info; pass layers=[names of modules whose outputs are "
+                "(B, C, h, w) feature maps]")
+        first_conv = next((m for m in classifier.modules() if isinstance(m, nn.Conv2d)), None)
+        self.in_chans = first_conv.in_channels if first_conv is not None else 3
+        self.image_size = _image_size(classifier)
+        with torch.no_grad():
+            p = next(classifier.parameters(), None)
+            probe = torch.zeros(1, self.in_chans, *self.image_size,
+                                device=p.device if p is not None else None)
+            _, feats = self(probe)
+        self.channels = [f.shape[1] for f in feats]
+        if self.mode == "intermediates":  # timm's nominal reductions: exact whatever the probe size
+            self.strides = [float(info[i]["reduction"]) for i in self.indices][::-1]
+        else:
+            self.strides = [self.image_size[0] / f.shape[-2] for f in feats]
+
+    def train(self, mode: bool = True):
+        # The classifier stays in eval mode whatever the NEM does: no BN statistics, no dropout.
+        super().train(mode)
+        self.classifier.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.mode == "intermediates":
+            final, feats = self.classifier.forward_intermediates(x, indices=self.indices)
+            return self.classifier.forward_head(final), feats[::-1]
+        store: dict[str, torch.Tensor] = {}
+        modules = dict(self.classifier.named_modules())
+        hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o))
+                 for n in self.layers]
+        try:
+            logits = self.classifier(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        feats = [store[n] for n in self.layers]
+        bad = [n for n, f in zip(self.layers, feats) if not (isinstance(f, torch.Tensor) and f.ndim == 4)]
+        if bad:
+            raise TypeError(f"layers {bad} do not output (B, C, h, w) feature maps; choose other layers")
+        order = sorted(range(len(feats)), key=lambda i: (feats[i].shape[-2] * feats[i].shape[-1], -i))
+        return logits, [feats[i] for i in order]  # deepest (smallest, then latest) first
+
+
+# ----------------------------------------------------------------------------- decoder
+def _sep_conv(cin: int, cout: int) -> nn.Sequential:
+    """Depthwise 3x3 + pointwise 1x1, then BN + SiLU: a 3x3 conv at a fraction of the cost."""
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+def _sep_up(cin: int, cout: int) -> nn.Sequential:
+    """x2 upsampling: depthwise transposed conv, then a pointwise projection to ``cout`` (BN + SiLU).
+    Projecting while upsampling (rather than after) keeps the decoder cheap next to the classifier."""
+    return nn.Sequential(nn.ConvTranspose2d(cin, cin, 4, stride=2, padding=1, groups=cin, bias=False),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class DecoderBlock(nn.Module):
+    """Upsample (or project) the deeper map, concatenate the skip, two separable 3x3 convs with
+    spatial dropout between them."""
+
+    def __init__(self, cin: int, cskip: int, cout: int, upsample: bool, dropout: float):
+        super().__init__()
+        self.up = _sep_up(cin, cout) if upsample else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+        self.conv1, self.conv2 = _sep_conv(cout + cskip, cout), _sep_conv(cout, cout)
+        self.drop = nn.Dropout2d(dropout)
+
+    def forward(self, x, skip=None):
+        x = self.up(x)
+        if skip is not None:
+            if skip.shape[-2:] != x.shape[-2:]:  # ViT grids (one stride) or odd sizes
+                skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.drop(self.conv1(x)))
+
+
+class Decoder(nn.Module):
+    """U-Net decoder over any list of feature maps (deepest first).
+
+    The maps at the deepest stride are concatenated into the head (one map for a CNN, several
+    blocks' token grids for a ViT); every other map is a skip, fused in order. One block per x2
+    step from the head's stride down to 1 (plus blocks without upsampling if there are more skips
+    than steps); block widths are the last entries of ``decoder_channels`` (width follows output
+    stride: 16 channels at full resolution). Then bilinear resize to the input, a 1x1 conv to one
+    channel and a learnable affine 'patching' layer. Output: (B, H, W) logits."""
+
+    def __init__(self, channels, strides, decoder_channels=(256, 128, 64, 32, 16), dropout=0.2):
+        super().__init__()
+        self.n_head = sum(1 for s in strides if abs(s - strides[0]) < 1e-6)
+        skips = list(channels[self.n_head:])
+        ups = max(1, math.ceil(math.log2(max(strides[0], 1)) - 1e-9))
+        n = max(ups, len(skips))
+        dc = list(decoder_channels)
+        outs = dc[-n:] if n <= len(dc) else [dc[0]] * (n - len(dc)) + dc
+        cins = [sum(channels[:self.n_head])] + outs[:-1]
+        skips += [0] * (n - len(skips))
+        self.blocks = nn.ModuleList(DecoderBlock(ci, cs, co, i < ups, dropout)
+                                    for i, (ci, cs, co) in enumerate(zip(cins, skips, outs)))
+        self.head = nn.Conv2d(outs[-1], 1, 1)
+        self.patch = nn.Conv2d(1, 1, 1)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, feats: list[torch.Tensor], size) -> torch.Tensor:
+        x = torch.cat(feats[:self.n_head], 1) if self.n_head > 1 else feats[0]
+        skips = feats[self.n_head:]
+        for i, block in enumerate(self.blocks):
+            x = block(x, skips[i] if i < len(skips) else None)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        return self.patch(self.head(x)).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- NEMs
+def classifier_fingerprint(model: nn.Module) -> dict:
+    """Name + SHA-256 of every weight and buffer: identifies the classifier a NEM was trained for."""
+    info = getattr(model, "ranem_info", None) or {}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = info.get("name") or cfg.get("architecture") or type(model).__name__
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return {"name": str(name), "sha256": h.hexdigest()}
+
+
+@contextlib.contextmanager
+def _eval(module: nn.Module):
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
+class NEM(nn.Module):
+    """Common network of Ra-NEM and NEMt: frozen classifier (encoder) + trainable U-Net decoder.
+    Subclasses define ``loss(x, generator, samples, substrate_mode)``."""
+
+    kind = "nem"
+    default_samples = 1
+    default_substrates: tuple[str, ...] = ("zeros", "blur", "noise")
+
+    def __init__(self, classifier: nn.Module, *, layers=None, decoder_channels=(256, 128, 64, 32, 16),
+                 dropout: float = 0.2, substrates=None):
+        super().__init__()
+        substrates = tuple(substrates or self.default_substrates)
+        for s in substrates:
+            if s not in ops.SUBSTRATES:
+                raise ValueError(f"substrates must be names among {sorted(ops.SUBSTRATES)}, got {s!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.encoder = FrozenEncoder(classifier, layers)
+        self.decoder = Decoder(self.encoder.channels, self.encoder.strides, tuple(decoder_channels), dropout)
+        p = next(classifier.parameters(), None)
+        if p is not None:
+            self.decoder.to(p.device)
+        info = getattr(classifier, "ranem_info", None) or {}
+        cfg = getattr(classifier, "pretrained_cfg", None) or {}
+        self.mean = tuple(info.get("mean") or cfg.get("mean") or IMAGENET_MEAN)
+        self.std = tuple(info.get("std") or cfg.get("std") or IMAGENET_STD)
+        self.substrates = substrates
+        self.config = {"layers": layers, "decoder_channels": list(decoder_channels), "dropout": dropout,
+                       "substrates": list(substrates)}
+        self.history: dict = {}
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.encoder.classifier
+
+    def check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor (B, C, H, W), got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1] != self.encoder.in_chans:
+            raise ValueError(f"x must be (B, {self.encoder.in_chans}, H, W) normalised images, "
+                             f"got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a float tensor (normalised images), got {x.dtype}")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, attribution logits (B, H, W)); gradients flow into the decoder only."""
+        self.check_input(x)
+        with torch.no_grad():
+            logits, feats = self.encoder(x)
+        return logits, self.decoder(feats, x.shape[-2:]).float()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's logits and the attribution, from one forward (eval mode, no noise)."""
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values")
+        with _eval(self):
+            return self(x)
+
+    def explain(self, x: torch.Tensor, target=None) -> torch.Tensor:
+        """Attribution (B, H, W), higher = more important, for the classifier's top-1 class."""
+        logits, a = self.predict(x)
+        self._check_target(target, logits)
+        return a
+
+    def attribute(self, inputs: torch.Tensor, target=None) -> torch.Tensor:
+        """Captum-style: attribution shaped like ``inputs`` (each pixel's value on every channel)."""
+        return self.explain(inputs, target).unsqueeze(1).expand_as(inputs)
+
+    @staticmethod
+    def _check_target(target, logits) -> None:
+        if target is None:
+            return
+        t = torch.as_tensor(target, device=logits.device).reshape(-1).expand(logits.shape[0])
+        if not torch.equal(t, logits.argmax(1)):
+            raise ValueError("a NEM explains the classifier's top-1 class (it was trained for it); "
+                             "target must be None or equal the predicted class of every image")
+
+    def substrate_batch(self, x: torch.Tensor, n: int, mode: str, generator=None) -> torch.Tensor:
+        """Replacement values for ``n`` copies of each image (image-major), one substrate drawn per
+        masked input (mode='input', as the paper says) or per batch (mode='batch', the authors' code)."""
+        if mode not in ("input", "batch"):
+            raise ValueError(f"substrate_mode must be 'input' or 'batch', got {mode!r}")
+        count = len(self.substrates)
+        draws = (x.shape[0] * n,) if mode == "input" else (1,)
+        which = torch.randint(count, draws, generator=generator).to(x.device)
+        # The noise substrate draws on x's device: a generator elsewhere falls back to the global RNG.
+        gen = generator if generator is None or generator.device == x.device else None
+        if mode == "batch" or count == 1:
+            r = ops.get_substrate(self.substrates[int(which[0]) if count > 1 else 0])(x, generator=gen)
+            return r.repeat_interleave(n, 0)
+        stacked = torch.stack([ops.get_substrate(s)(x, generator=gen) for s in self.substrates])
+        image = torch.arange(x.shape[0], device=x.device).repeat_interleave(n)
+        return stacked[which, image]
+
+    def fit(self, data, epochs: int | None = None, samples: int | None = None, **kwargs) -> dict:
+        """Train the decoder on ``data`` (Dataset, DataLoader or tensor of images or (image, label));
+        see ``ranem.train.train`` for the options. Returns the history."""
+        from ranem.train import train
+        return train(self, data, epochs=epochs, samples=samples, **kwargs)
+
+    def loss(self, x, generator=None, samples=None, substrate_mode="input"):  # pragma: no cover
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Weights as safetensors (with the config, the classifier fingerprint and the history in its
+        header) plus a readable JSON twin; both written atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"decoder.{k}": v.detach().cpu().contiguous() for k, v in self.decoder.state_dict().items()}
+        history = {k: v for k, v in self.history.items() if not isinstance(v, torch.Tensor)}
+        tensors.update({f"history.{k}": v.detach().cpu().contiguous()
+                        for k, v in self.history.items() if isinstance(v, torch.Tensor)})
+        meta = {"format": FORMAT, "kind": self.kind, "config": self.config,
+                "fingerprint": classifier_fingerprint(self.classifier), "history": history}
+        text = json.dumps(meta)
+        for target, write in ((path, lambda p: save_file(tensors, str(p), metadata={"ranem": text})),
+                              (path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))):
+            tmp = target.with_name(target.name + ".tmp")
+            write(tmp)
+            os.replace(tmp, target)
+        return path
+
+    @classmethod
+    def load(cls, path, classifier: nn.Module, check: bool = True) -> "NEM":
+        """A NEM saved by ``save``, attached to ``classifier``. Refuses (ValueError) a checkpoint
+        trained for another classifier unless ``check=False`` (e.g. randomisation tests)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no NEM checkpoint at {path}")
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("ranem", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a ranem NEM checkpoint (format {meta.get('format')!r})")
+        kinds = {c.kind: c for c in (RaNEM, NEMt)}
+        target = kinds[meta["kind"]]
+        if cls is not NEM and cls is not target:
+            raise ValueError(f"{path} holds a {meta['kind']} NEM, not a {cls.kind}; use {target.__name__}.load")
+        if check:
+            mine, theirs = classifier_fingerprint(classifier), meta["fingerprint"]
+            if mine != theirs:
+                raise ValueError(
+                    f"{path} was trained for classifier {theirs['name']} (weights sha256 "
+                    f"{theirs['sha256'][:12]}), but the classifier given is {mine['name']} (sha256 "
+                    f"{mine['sha256'][:12]}); a NEM only explains the classifier it was trained for")
+        nem = target(classifier, **meta["config"])
+        dev = next(nem.decoder.parameters()).device
+        nem.decoder.load_state_dict({k[8:]: v.to(dev) for k, v in tensors.items() if k.startswith("decoder.")})
+        nem.history = dict(meta.get("history", {}))
+        nem.history.update({k[8:]: v for k, v in tensors.items() if k.startswith("history.")})
+        return nem
+
+
+class RaNEM(NEM):
+    """Ranking NEM: trained on 1 - p_c(omega(x, top_k(a + g))) with binary Gumbel-top-k masks,
+    stratified k, S samples per image pushed through the classifier as one batch."""
+
+    kind = "ranem"
+    default_samples = 6
+
+    def loss(self, x, generator=None, samples=6, substrate_mode="input"):
+        logits, a = self(x)
+        b, s, (h, w) = x.shape[0], int(samples), x.shape[-2:]
+        c = logits.argmax(1).repeat_interleave(s)
+        k = ops.sample_k(h * w, s, stratified=True, generator=generator, batch=b).reshape(-1).to(x.device)
+        xr = x.repeat_interleave(s, 0)
+        r = self.substrate_batch(x, s, substrate_mode, generator)
+        masked, mask = ops.omega(xr, a.repeat_interleave(s, 0), k, r, generator=generator)
+        p = self.classifier(masked).float().softmax(1).gather(1, c[:, None]).squeeze(1)
+        return (1 - p).mean(), {"p_masked": p.mean().item(), "mask_mean": mask.float().mean().item()}
+
+
+class NEMt(NEM):
+    """NEMt (Moller et al. 2025): continuous mask m = sigmoid(a) on x*m + R*(1-m); loss
+    (1 - p_c) + area_weight * mean(m). A set-of-features method: area_weight sets the trade-off."""
+
+    kind = "nemt"
+    default_substrates = ("zeros",)
+
+    def __init__(self, classifier, area_weight: float = 0.02, **kwargs):
+        if not area_weight >= 0:
+            raise ValueError(f"area_weight must be >= 0, got {area_weight}")
+        super().__init__(classifier, **kwargs)
+        self.area_weight = float(area_weight)
+        self.config["area_weight"] = self.area_weight
+
+    def loss(self, x, generator=None, samples=1, substrate_mode="input"):
+        logits, a = self(x)
+        c = logits.argmax(1)
+        m = torch.sigmoid(a)[:, None]
+        r = self.substrate_batch(x, 1, substrate_mode, generator)
+        p = self.classifier(x * m + r * (1 - m)).float().softmax(1).gather(1, c[:, None]).squeeze(1)
+        area = m.mean()
+        return (1 - p).mean() + self.area_weight * area, {"p_masked": p.mean().item(), "mask_mean": area.item()}
+
+
+def get_nem(*args, **kwargs) -> NEM:
+    """The book's cached NEMs: see ``ranem.train.get_nem`` (defined there, where training lives)."""
+    from ranem.train import get_nem as _get_nem
+    return _get_nem(*args, **kwargs)

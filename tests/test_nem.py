@@ -1,0 +1,228 @@
+"""Tests of ranem.nem: encoder adapters over timm families, the decoder, RaNEM/NEMt, persistence."""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vgg import VGG
+
+from ranem import ops
+from ranem.nem import NEM, NEMt, RaNEM, classifier_fingerprint
+
+
+def _vgg(**kw):
+    # A VGG built by timm's own class, shrunk so the test stays fast.
+    return VGG([8, "M", 16, "M", 16, "M", 32, "M", 32, "M"], num_classes=5, mlp_ratio=0.25)
+
+
+FAMILIES = {
+    "resnet": lambda: timm.create_model("test_resnet", num_classes=5),
+    "convnext": lambda: timm.create_model("test_convnext", num_classes=5),
+    "vgg": _vgg,
+    "vit": lambda: timm.create_model("test_vit", num_classes=5, img_size=32, patch_size=8, dynamic_img_size=True),
+}
+
+
+def _model(family, seed=0):
+    torch.manual_seed(seed)
+    return FAMILIES[family]().eval()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return _model("resnet")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("size", [32, 48])
+def test_explanation_is_one_logit_per_pixel_and_logits_are_the_classifiers(family, size):
+    clf = _model(family)
+    nem = RaNEM(clf)
+    x = torch.randn(2, 3, size, size)
+    logits, a = nem.predict(x)
+    assert a.shape == (2, size, size) and a.dtype == torch.float32 and torch.isfinite(a).all()
+    # the one forward that feeds the decoder gives exactly the classifier's own prediction
+    torch.testing.assert_close(logits, clf(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(nem.explain(x), a)
+
+
+@pytest.mark.parametrize("tokens", [dict(class_token=True, reg_tokens=2), dict(class_token=False, global_pool="avg")])
+def test_vit_prefix_tokens_are_dropped(tokens):
+    torch.manual_seed(0)
+    clf = timm.create_model("test_vit", num_classes=5, img_size=32, patch_size=8, **tokens).eval()
+    nem = RaNEM(clf)
+    assert nem.encoder.strides == [8.0] * len(nem.encoder.strides)
+    _, feats = nem.encoder(torch.randn(1, 3, 32, 32))
+    assert all(f.shape[-2:] == (4, 4) for f in feats)  # 16 patch tokens, no prefix token left
+    assert nem.explain(torch.randn(3, 3, 32, 32)).shape == (3, 32, 32)
+
+
+def test_hooks_fallback_reads_the_same_maps_as_forward_intermediates(resnet):
+    layers = [f["module"] for f in resnet.feature_info]
+    via_intermediates, via_hooks = RaNEM(resnet), RaNEM(resnet, layers=layers)
+    x = torch.randn(2, 3, 32, 32)
+    l1, f1 = via_intermediates.encoder(x)
+    l2, f2 = via_hooks.encoder(x)
+    torch.testing.assert_close(l1, l2)
+    assert len(f1) == len(f2)
+    for a, b in zip(f1, f2):
+        torch.testing.assert_close(a, b)
+
+
+def test_any_module_works_with_named_layers():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    net.ranem_info = {"image_size": 32}
+    nem = NEMt(net, layers=["1", "3", "5"])
+    assert nem.encoder.strides == [4.0, 2.0, 1.0]
+    assert nem.explain(torch.randn(2, 3, 32, 32)).shape == (2, 32, 32)
+
+
+def test_bad_models_and_inputs_fail_clearly(resnet):
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(TypeError, match="layers="):
+        RaNEM(plain)
+    with pytest.raises(TypeError, match="nn.Module"):
+        RaNEM("resnet")
+    with pytest.raises(ValueError, match="not found"):
+        RaNEM(plain, layers=["nope"])
+    with pytest.raises(TypeError, match="feature maps"):
+        RaNEM(plain, layers=["3"])  # the Linear layer outputs (B, 2)
+    nem = RaNEM(resnet)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        nem.explain(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        nem.explain(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="float"):
+        nem.explain(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        nem.explain([[0.0]])
+    with pytest.raises(ValueError, match="NaN"):
+        nem.explain(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match="substrates"):
+        RaNEM(resnet, substrates=("zeros", "mean"))
+    with pytest.raises(ValueError, match="area_weight"):
+        NEMt(resnet, area_weight=-1.0)
+
+
+def test_attribute_is_captum_shaped_and_target_must_be_the_prediction(resnet):
+    nem = RaNEM(resnet)
+    x = torch.randn(3, 3, 32, 32)
+    attr = nem.attribute(x)
+    assert attr.shape == x.shape
+    assert torch.equal(attr[:, 0], nem.explain(x)) and torch.equal(attr[:, 2], attr[:, 0])
+    top1 = resnet(x).argmax(1)
+    assert torch.equal(nem.attribute(x, target=top1), attr)
+    with pytest.raises(ValueError, match="top-1"):
+        nem.attribute(x, target=(top1 + 1) % 5)
+
+
+def test_classifier_stays_frozen_under_train_mode(resnet):
+    nem = RaNEM(resnet)
+    nem.train()
+    assert not resnet.training and nem.decoder.training
+    assert not any(p.requires_grad for p in resnet.parameters())
+    assert all(p.requires_grad for p in nem.decoder.parameters())
+
+
+def test_gradients_reach_every_decoder_parameter(resnet):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    for nem in (RaNEM(resnet), NEMt(resnet, substrates=("blur",))):
+        nem.train()
+        loss, _ = nem.loss(x, generator=torch.Generator().manual_seed(0), samples=3)
+        loss.backward()
+        shift_invariant = {"head.bias", "patch.bias"} if isinstance(nem, RaNEM) else set()
+        for name, p in nem.decoder.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            if name in shift_invariant:
+                # top-k of a + const is top-k of a: a constant shift of the logits gets no gradient
+                assert p.grad.abs().max() < 1e-6, name
+            else:
+                assert p.grad.abs().max() > 0, name
+        assert all(p.grad is None for p in resnet.parameters())
+
+
+def test_samples_go_through_the_classifier_as_one_batch(resnet):
+    nem = RaNEM(resnet)
+    rows = []
+    first_conv = next(m for m in resnet.modules() if isinstance(m, nn.Conv2d))
+    handle = first_conv.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    try:
+        nem.loss(torch.randn(5, 3, 32, 32), generator=torch.Generator().manual_seed(0), samples=6)
+    finally:
+        handle.remove()
+    assert rows == [5, 30]  # one clean forward (logits + features), one batch of S*B masked inputs
+
+
+def test_substrate_per_input_or_per_batch(resnet):
+    nem = RaNEM(resnet, substrates=("zeros", "blur"))
+    x = torch.randn(4, 3, 16, 16)
+    refs = torch.stack([ops.zeros(x), ops.blur(x)])  # (2, B, C, H, W)
+    r = nem.substrate_batch(x, 8, "input", torch.Generator().manual_seed(0)).view(4, 8, 3, 16, 16)
+    which = [[int(torch.equal(r[b, s], refs[1, b])) for s in range(8)] for b in range(4)]
+    for b in range(4):
+        for s in range(8):
+            assert torch.equal(r[b, s], refs[which[b][s], b])
+    assert 0 < sum(map(sum, which)) < 32  # both substrates drawn
+    for seed in range(4):
+        rb = nem.substrate_batch(x, 3, "batch", torch.Generator().manual_seed(seed)).view(4, 3, 3, 16, 16)
+        assert torch.equal(rb, refs[0][:, None].expand_as(rb)) or torch.equal(rb, refs[1][:, None].expand_as(rb))
+    with pytest.raises(ValueError, match="substrate_mode"):
+        nem.substrate_batch(x, 2, "image")
+
+
+def test_nemt_loss_closed_form_for_a_constant_mask(resnet):
+    nem = NEMt(resnet, area_weight=0.3)
+    nem.eval()
+    with torch.no_grad():
+        nem.decoder.patch.weight.zero_()
+        nem.decoder.patch.bias.fill_(0.4)  # logits 0.4 everywhere -> m = sigmoid(0.4)
+    x = torch.randn(3, 3, 32, 32)
+    loss, stats = nem.loss(x)
+    m = torch.sigmoid(torch.tensor(0.4))
+    p = F.softmax(resnet(x * m), 1)  # zeros substrate
+    expected = (1 - p.gather(1, resnet(x).argmax(1, keepdim=True))).mean() + 0.3 * m
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert stats["mask_mean"] == pytest.approx(m.item(), abs=1e-6)
+
+
+def test_save_load_round_trip(tmp_path, resnet):
+    torch.manual_seed(1)
+    for cls, kwargs in ((RaNEM, {}), (NEMt, {"area_weight": 0.05})):
+        nem = cls(resnet, **kwargs)
+        with torch.no_grad():  # non-trivial BN statistics and output layer, so they must be saved too
+            nem.decoder.patch.weight.fill_(1.5)
+            for m in nem.decoder.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.normal_()
+        nem.history = {"epoch_loss": [0.5, 0.4], "snapshots": torch.randn(2, 1, 4, 4)}
+        path = nem.save(tmp_path / f"{cls.kind}.safetensors")
+        assert path.with_suffix(".json").is_file() and not list(tmp_path.glob("*.tmp"))
+        back = NEM.load(path, resnet)
+        assert type(back) is cls and back.config == nem.config
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.equal(back.explain(x), nem.explain(x))
+        assert back.history["epoch_loss"] == [0.5, 0.4]
+        assert torch.equal(back.history["snapshots"], nem.history["snapshots"])
+    with pytest.raises(ValueError, match="nemt"):
+        RaNEM.load(tmp_path / "nemt.safetensors", resnet)
+
+
+def test_load_refuses_another_classifier(tmp_path, resnet):
+    path = RaNEM(resnet).save(tmp_path / "n.safetensors")
+    other = _model("resnet", seed=1)  # same architecture, other weights
+    assert classifier_fingerprint(other)["name"] == classifier_fingerprint(resnet)["name"]
+    with pytest.raises(ValueError, match="trained for classifier"):
+        RaNEM.load(path, other)
+    with pytest.raises(ValueError, match="trained for classifier"):
+        RaNEM.load(path, _model("convnext"))
+    assert isinstance(RaNEM.load(path, other, check=False), RaNEM)  # e.g. a randomisation test
+    copied = copy.deepcopy(resnet)
+    assert isinstance(RaNEM.load(path, copied), RaNEM)  # same weights, another object: accepted
+    with pytest.raises(FileNotFoundError):
+        RaNEM.load(tmp_path / "missing.safetensors", resnet)
