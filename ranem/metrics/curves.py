@@ -284,7 +284,8 @@ def mc_auc(model, x, attribution, n: int, kind: str = "insertion", steps=None, p
 
     The points are drawn from 1..steps (indices into ``pixel_counts``; ``pixels_per_step=1`` gives
     the paper's population of all d pixel counts) by ``sample_points`` with the same generator, so
-    it equals ``mc_estimate`` of the full curve drawn with an identically seeded generator.
+    it equals ``mc_estimate`` of the full curve drawn with an identically seeded generator (for a
+    deterministic substrate; the noise substrate draws from the same generator after the points).
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be 'insertion' or 'deletion', got {kind!r}")
