@@ -121,3 +121,22 @@ def test_explain_time_lets_a_nem_predict_its_own_label():
     nem_like.predicts_label = True
     explain_time(nem_like, model, torch.randn(2, 3, 2, 2), warmup=0)
     assert targets == [None, None, None]
+
+
+def test_compare_times_is_round_robin_and_returns_medians():
+    from ranem.metrics import compare_times
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    x = torch.randn(2, 3, 2, 2)
+    order = []
+
+    def make(name):
+        def fn(m, batch, target=None):
+            order.append(name)
+            return batch.sum(1)
+        return fn
+
+    out = compare_times({"a": make("a"), "b": make("b")}, model, x, rounds=2, warmup=1)
+    assert order == ["a", "b"] + ["a", "b"] * 4  # warm-ups, then 2 rounds x 2 images, interleaved
+    assert set(out) == {"a", "b"} and all(v > 0 for v in out.values())
+    with pytest.raises(TypeError, match="explainers"):
+        compare_times({}, model, x)

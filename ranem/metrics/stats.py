@@ -2,6 +2,7 @@
 
 - ``explain_time``: seconds per image at batch size 1, *including* the forward pass that gives the
   label (as the Ra-NEM authors timed), after a warm-up call; plus the batched cost per image.
+- ``compare_times``: the same, for several explainers measured round-robin (robust to a busy machine).
 - ``evaluate``: every metric of the comparison (faithfulness with its curves, Average Sensitivity,
   MPRT, time) for one explainer on one model, per image.
 - ``wilcoxon``: two-sided paired Wilcoxon signed-rank test through ``scipy.stats.wilcoxon``.
@@ -18,7 +19,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-__all__ = ["explain_time", "evaluate", "wilcoxon", "WilcoxonResult", "results_table", "ResultsTable",
+__all__ = ["explain_time", "compare_times", "evaluate", "wilcoxon", "WilcoxonResult", "results_table", "ResultsTable",
            "METRIC_DIRECTIONS"]
 
 # +1: higher is better; -1: lower is better; 0: closer to zero is better (MPRT correlation).
@@ -77,6 +78,29 @@ def explain_time(explainer, model, x, repeats: int = 1, warmup: int = 1, batched
         seconds = time.perf_counter() - start
         out.update(batched_per_image=seconds / x.shape[0], images_per_second=x.shape[0] / seconds)
     return out
+
+
+def compare_times(explainers: dict, model, x, rounds: int = 3, warmup: int = 1) -> dict:
+    """Median seconds per image at batch size 1 (label forward included, as ``explain_time``) of
+    several explainers, measured round-robin: every round times each explainer once on each image
+    of ``x`` in turn, so a busy machine slows all of them alike instead of whichever ran during a
+    burst. Returns ``{name: median seconds}``."""
+    from ranem.baselines._common import check_images, check_model, check_positive_int
+    if not isinstance(explainers, dict) or not explainers or not all(callable(f) for f in explainers.values()):
+        raise TypeError("explainers must be a non-empty dict {name: f(model, x, target=None)}")
+    check_model(model)
+    check_images(x)
+    check_positive_int(rounds, "rounds")
+    check_positive_int(warmup, "warmup", minimum=0)
+    times = {name: [] for name in explainers}
+    for _ in range(warmup):  # untimed calls: first-call costs (allocations, lazy loading) stay out
+        for fn in explainers.values():
+            explain_time(fn, model, x[:1], repeats=1, warmup=0, batched=False)
+    for _ in range(rounds):
+        for i in range(x.shape[0]):
+            for name, fn in explainers.items():
+                times[name].append(explain_time(fn, model, x[i:i + 1], repeats=1, warmup=0, batched=False)["per_image"])
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def evaluate(explainer, model, x, target=None, *, steps: int | None = None, robust: int = 0,
