@@ -87,7 +87,7 @@ _SETTINGS = {
         classifier_epochs=6, classifier_batch=64,
         nem_train=800, nem_epochs=3, nem_samples=6, nem_batch=16,
         n_eval=100, curve_steps=64,
-        rise_masks=300, ig_steps=16, mask_iterations=50, sensitivity_samples=3, n_robust=6, iba_draws=4,
+        rise_masks=300, ig_steps=16, mask_iterations=40, sensitivity_samples=2, n_robust=6, iba_draws=4,
     ),
     "gpu": Settings(
         mode="gpu",
