@@ -11,6 +11,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ranem.ops import _check_images
+
 
 def check_model(model) -> None:
     if not isinstance(model, nn.Module):
@@ -18,12 +20,8 @@ def check_model(model) -> None:
 
 
 def check_images(x, name: str = "x") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    """The substrates' image check, plus: non-empty and finite (explainers differentiate through x)."""
+    _check_images(x, name)
     if x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one image, got an empty batch")
     if not bool(torch.isfinite(x).all()):
