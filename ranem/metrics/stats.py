@@ -19,8 +19,8 @@ import numpy as np
 import scipy.stats
 import torch
 
-__all__ = ["explain_time", "compare_times", "evaluate", "wilcoxon", "WilcoxonResult", "results_table", "ResultsTable",
-           "METRIC_DIRECTIONS"]
+__all__ = ["explain_time", "compare_times", "evaluate", "wilcoxon", "WilcoxonResult", "results_table",
+           "ResultsTable", "METRIC_DIRECTIONS"]
 
 # +1: higher is better; -1: lower is better; 0: closer to zero is better (MPRT correlation).
 METRIC_DIRECTIONS = {"faithfulness": 1, "insertion": 1, "deletion": -1, "sensitivity": -1, "randomisation": 0,
@@ -99,7 +99,8 @@ def compare_times(explainers: dict, model, x, rounds: int = 3, warmup: int = 1) 
     for _ in range(rounds):
         for i in range(x.shape[0]):
             for name, fn in explainers.items():
-                times[name].append(explain_time(fn, model, x[i:i + 1], repeats=1, warmup=0, batched=False)["per_image"])
+                one = explain_time(fn, model, x[i:i + 1], repeats=1, warmup=0, batched=False)
+                times[name].append(one["per_image"])
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
