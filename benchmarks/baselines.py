@@ -5,9 +5,10 @@
   forward+backward to the input; Grad-CAM++: one forward and a backward to its layer only; ...).
   ``ours / floor`` near 1 means the method adds little on top.
 - captum-rise (``pip install captum-rise``, the package the Ra-NEM authors used): one forward per
-  mask, masks built cell by cell in Python. Given a softmax-wrapped model it computes the same
-  estimator as ours (with its own random masks), so the maps agree up to Monte-Carlo noise; we
-  report their Spearman correlation next to the correlation of two of our own seeds.
+  mask, masks built cell by cell in Python. Given a softmax-wrapped model it estimates the same
+  quantity as ours (with its own random masks, and RISE's N p normalisation where ours divides by
+  each pixel's realised coverage), so the maps agree up to Monte-Carlo noise; we report their
+  Spearman correlation next to the correlation between two seeds of each implementation.
 - seconds per image at batch size 1 (label forward included) for every method.
 
 Timings are medians over interleaved repeats, so a noisy machine slows every variant alike. Run
@@ -157,11 +158,15 @@ def main():
         theirs = statistics.median(peer_times)
         a = baselines.rise(model, x, target, masks=args.masks, seed=0)
         a2 = baselines.rise(model, x, target, masks=args.masks, seed=1)
+        torch.manual_seed(0)
         c = peer().reshape(a.shape)
+        torch.manual_seed(1)
+        c2 = peer().reshape(a.shape)
         print(f"\nRISE, {args.masks} masks: captum-rise {theirs / b:.4f} s/img, ours {ours_rise / b:.4f} s/img: "
               f"ours is {theirs / ours_rise:.1f}x faster")
-        print(f"RISE maps: Spearman(ours, captum-rise) = {spearman(a, c).mean():.3f}; "
-              f"Spearman(ours seed 0, ours seed 1) = {spearman(a, a2).mean():.3f} (Monte-Carlo noise level)")
+        print(f"RISE maps, mean Spearman correlation: ours vs captum-rise {spearman(a, c).mean():.3f}; "
+              f"Monte-Carlo noise levels: ours seed 0 vs seed 1 {spearman(a, a2).mean():.3f}, captum-rise vs "
+              f"captum-rise {spearman(c, c2).mean():.3f}")
 
     print(f"\nseconds per image at batch size 1 (label forward included, {args.repeats} repeats):")
     for name, _, _ in cases:
