@@ -81,7 +81,7 @@ _SETTINGS = {
     ),
     "cpu": Settings(
         mode="cpu",
-        synthetic_size=64, synthetic_train=4000, synthetic_val=1000,
+        synthetic_size=64, synthetic_train=12000, synthetic_val=1000,
         image_size=64, imagenette_train=0, imagenette_val=0,
         cnn="resnet10t", vit="vit_tiny_patch16_224", vit_kwargs={"img_size": 64, "patch_size": 16},
         classifier_epochs=6, classifier_batch=64,
@@ -91,7 +91,7 @@ _SETTINGS = {
     ),
     "gpu": Settings(
         mode="gpu",
-        synthetic_size=64, synthetic_train=10000, synthetic_val=2000,
+        synthetic_size=64, synthetic_train=20000, synthetic_val=2000,
         image_size=224, imagenette_train=0, imagenette_val=0,
         cnn="resnet50", vit="vit_base_patch16_224", pretrained=True,
         classifier_epochs=10, classifier_batch=128,

@@ -1,4 +1,4 @@
-"""Synthetic shapes: one coloured shape per image on label-free clutter, with its exact mask."""
+"""Synthetic shapes: one bright shape per image on dark, label-free clutter, with its exact mask."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -15,7 +15,7 @@ from ranem.data.transforms import _check_count, normalize
 SYNTHETIC_CLASSES = ("circle", "square", "triangle", "cross", "ring", "star")
 # Bumped whenever synthetic() would return different images for the same arguments; caches of
 # anything trained on synthetic data should include it in their key.
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
 
 # Every shape lives in local coordinates (u, v) scaled so that it fits inside the unit disc; the
 # object's "scale" is that disc's diameter as a fraction of the image side.
@@ -84,6 +84,10 @@ def _smooth_fields(n: int, channels: int, size: int, g: torch.Generator) -> torc
 
 
 _LINES = 3
+# Colours: ground channels in [0, GROUND_MAX], clutter within +-CLUTTER_CONTRAST of the ground.
+GROUND_MAX = 0.4
+CLUTTER_CONTRAST = 0.15
+OBJECT_VALUE_MIN = 0.8
 _OBJECT_ID = 3 + _LINES  # layer ids: 0 ground, 1-2 blobs, 3-5 lines, 6 the object
 
 
@@ -141,8 +145,9 @@ def synthetic(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torc
 
     Returns ``images`` float32 (n, 3, size, size) in [0, 1], ``labels`` int64 (n,) indexing
     ``SYNTHETIC_CLASSES`` (balanced, shuffled), and ``masks`` bool (n, size, size), exactly the
-    object's pixels. The background (irregular blobs and thin lines in random colours on a random
-    ground, under a smooth random illumination) is drawn before and independently of the label.
+    object's pixels. The background (irregular blobs and thin lines in colours near a dark random
+    ground, under a smooth random illumination) is drawn before and independently of the label;
+    the object is brighter than the ground, in a random hue.
     Same ``seed``, same data.
     """
     n, size = _check_count("n", n, 1), _check_count("size", size, 16)
@@ -150,24 +155,21 @@ def synthetic(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torc
     # Background first, from its own draws: nothing in it can depend on the label.
     fields = _smooth_fields(n, 2, size, g)
     light = torch.sigmoid(1.5 * fields[:, 0]).mul_(0.5).add_(0.5).view(n, 1, -1)  # in (0.5, 1)
-    palette = torch.rand(n, 3, _OBJECT_ID + 1, generator=g)                      # a colour per layer
+    # A dark ground and clutter colours close to it: the clutter is busy but of low contrast.
+    ground = GROUND_MAX * torch.rand(n, 3, 1, generator=g)
+    clutter = ground + CLUTTER_CONTRAST * (2 * torch.rand(n, 3, _OBJECT_ID - 1, generator=g) - 1)
+    palette = torch.cat([ground, clutter.clamp(0, 1)], 2)                       # a colour per layer
     ids = _clutter_layers(fields[:, 1], g).view(n, 1, -1).long()
     images = torch.gather(palette, 2, ids.expand(n, 3, -1)).mul_(light)          # (n, 3, S*S)
     labels = torch.arange(n, dtype=torch.int64).remainder_(len(SYNTHETIC_CLASSES))
     labels = labels[torch.randperm(n, generator=g)]
     masks = _object_masks(labels, size, g)
-    # Object colour: random, but pushed away from the background it covers when too close to it,
-    # so every object is visible (the object adapts to the background, never the reverse).
-    weights = masks.view(n, -1, 1).float()
-    area = weights.sum(1).clamp_min(1.0)                                         # (n, 1)
-    local = torch.bmm(images, weights).squeeze(2) / area                         # (n, 3)
-    local_light = torch.bmm(light, weights).view(n, 1) / area
-    colour = palette[:, :, _OBJECT_ID]
-    push = 0.35 + 0.25 * torch.rand(n, 3, generator=g)
-    target = torch.where(local < 0.5 * local_light, local + push * local_light, local - push * local_light)
-    pushed = (target / local_light).clamp(0, 1)
-    close = (colour * local_light - local).norm(dim=1, keepdim=True) < 0.4 * local_light
-    colour = torch.where(close, pushed, colour)
+    # A bright object: random hue and saturation, value (largest channel) in [OBJECT_VALUE_MIN, 1].
+    # Figure brighter than ground is what lets a small CNN learn the shapes within minutes; with
+    # random colours on both sides it stayed at chance (see data/README.md).
+    colour = torch.rand(n, 3, generator=g)
+    value = OBJECT_VALUE_MIN + (1 - OBJECT_VALUE_MIN) * torch.rand(n, 1, generator=g)
+    colour = colour / colour.amax(1, keepdim=True).clamp_min(1e-6) * value
     i, p = masks.view(n, -1).nonzero(as_tuple=True)                              # object pixels only
     images.permute(0, 2, 1)[i, p] = colour[i] * light[i, 0, p, None]
     return images.view(n, 3, size, size), labels, masks
