@@ -3,7 +3,8 @@
 Usage: python book/_execute.py [NOTEBOOK ...]   (default: every notebook in _toc.yml order)
 
 A notebook whose metadata says ``"ranem": {"requires": "gpu"}`` runs only where CUDA is
-available; elsewhere its stored outputs are kept untouched. Each executed notebook gets
+available, and outputs stored from a ``gpu``-mode run are only replaced by another ``gpu`` run;
+otherwise the stored outputs are kept untouched. Each executed notebook gets
 ``metadata.ranem.execution`` = mode, device, date, seconds and package versions, which the
 execution-status chapter tabulates. Outputs are written atomically (temp file + rename), so an
 interrupted run never leaves a half-written notebook.
@@ -41,11 +42,25 @@ def device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def reason_to_keep(meta: dict, mode: str, cuda: bool) -> str | None:
+    """Why a notebook's stored outputs must not be replaced by this run, or None to run it.
+
+    A notebook that needs a GPU is never run without one, and outputs stored from a ``gpu``-mode
+    run are never replaced by a smaller mode (a laptop's ``make book`` must not erase them)."""
+    if meta.get("requires") == "gpu" and not cuda:
+        return "needs a GPU"
+    stored = (meta.get("execution") or {}).get("mode")
+    if stored == "gpu" and mode != "gpu":
+        return "its stored outputs come from gpu mode; RANEM_MODE=gpu refreshes them"
+    return None
+
+
 def execute(path: Path, mode: str) -> float:
     nb = nbformat.read(path, as_version=4)
     meta = nb.metadata.setdefault("ranem", {})
-    if meta.get("requires") == "gpu" and not torch.cuda.is_available():
-        print(f"skip {path.name}: needs a GPU; keeping its stored outputs", flush=True)
+    reason = reason_to_keep(meta, mode, torch.cuda.is_available())
+    if reason:
+        print(f"skip {path.name}: {reason}; keeping its stored outputs", flush=True)
         return 0.0
     print(f"run  {path.name} (RANEM_MODE={mode}) ...", flush=True)
     start = time.perf_counter()
