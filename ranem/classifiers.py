@@ -16,11 +16,8 @@ import difflib
 import hashlib
 import json
 import os
-import socket
-import tempfile
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import safetensors.torch
@@ -31,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ranem import config
+from ranem.cache import atomic_write, training_lock
 
 # Bump when the training recipe or the data pipeline changes: every cached classifier is retrained.
 CACHE_VERSION = 1
@@ -317,62 +315,6 @@ def cache_key(spec: dict) -> str:
     return f"{spec['dataset']}-{spec['name']}-{digest}"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared like any other file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _lock_is_stale(lock: Path, max_age_s: float = 6 * 3600) -> bool:
-    try:
-        host, pid = lock.read_text().split()
-        age = time.time() - lock.stat().st_mtime
-    except (OSError, ValueError):
-        return True
-    if age > max_age_s:
-        return True
-    if host == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
-
-
-@contextmanager
-def _training_lock(lock: Path, poll_s: float = 5.0):
-    """One process trains a given classifier; others sharing the cache wait for its result."""
-    told = False
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _lock_is_stale(lock):
-                lock.unlink(missing_ok=True)
-                continue
-            if not told:
-                print(f"another process is training this classifier ({lock}); waiting for it", flush=True)
-                told = True
-            time.sleep(poll_s)
-            continue
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
-        os.close(fd)
-        break
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
 def _load_data(spec: dict):
     from ranem import data
     if spec["dataset"] == "synthetic":
@@ -401,8 +343,8 @@ def _train_and_save(spec: dict, key: str, folder: Path, progress: bool, device) 
     info.update(val_accuracy=history["val_accuracy"], train_seconds=history["train_seconds"],
                 history=history["epochs"])
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(folder / f"{key}.safetensors", lambda p: safetensors.torch.save_file(state, p))
-    _atomic_write(folder / f"{key}.json", lambda p: Path(p).write_text(json.dumps(info, indent=1)))
+    atomic_write(folder / f"{key}.safetensors", lambda p: safetensors.torch.save_file(state, p))
+    atomic_write(folder / f"{key}.json", lambda p: Path(p).write_text(json.dumps(info, indent=1)))
     return info
 
 
@@ -430,7 +372,7 @@ def _pretrained(spec: dict, key: str, folder: Path, weights, device) -> nn.Modul
         info = _info(spec, key, model, classes, mean, std, list(IMAGENETTE_IMAGENET_INDEX), len(yv))
         model.ranem_info = info
         info["val_accuracy"] = accuracy(model, xv, yv)
-        _atomic_write(path, lambda p: Path(p).write_text(json.dumps(info, indent=1)))
+        atomic_write(path, lambda p: Path(p).write_text(json.dumps(info, indent=1)))
     info["cached"] = True
     return _freeze(model, info)
 
@@ -463,7 +405,7 @@ def get_classifier(kind: str = "cnn", dataset: str = "imagenette", settings=None
     weights_path, info_path = folder / f"{key}.safetensors", folder / f"{key}.json"
     cached = info_path.is_file() and weights_path.is_file()
     if not cached:
-        with _training_lock(folder / f"{key}.lock"):
+        with training_lock(folder / f"{key}.lock"):
             cached = info_path.is_file() and weights_path.is_file()  # trained meanwhile by another process
             if not cached:
                 _train_and_save(spec, key, folder, progress, device)

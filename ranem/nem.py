@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ranem import ops
+from ranem.cache import atomic_write
 
 __all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "NEMt", "classifier_fingerprint", "get_nem"]
 FORMAT = "ranem-nem/1"
@@ -334,11 +334,8 @@ class NEM(nn.Module):
         meta = {"format": FORMAT, "kind": self.kind, "config": self.config,
                 "fingerprint": classifier_fingerprint(self.classifier), "history": history}
         text = json.dumps(meta)
-        for target, write in ((path, lambda p: save_file(tensors, str(p), metadata={"ranem": text})),
-                              (path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))):
-            tmp = target.with_name(target.name + ".tmp")
-            write(tmp)
-            os.replace(tmp, target)
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"ranem": text}))
+        atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
         return path
 
     @classmethod

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from ranem import config
+from ranem.cache import atomic_write, training_lock
 from ranem.nem import NEM, NEMt, RaNEM, classifier_fingerprint
 
 __all__ = ["train", "get_nem", "nem_spec", "CKPT_FORMAT", "NEM_CACHE_VERSION"]
@@ -96,9 +96,7 @@ def _decode(obj, tensors: dict):
 
 
 def _write_atomic(path: Path, tensors: dict, meta: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"ranem": json.dumps(meta)})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"ranem": json.dumps(meta)}))
 
 
 def _rng_state(generator, device) -> dict:
@@ -324,7 +322,7 @@ def get_nem(kind: str = "ranem", classifier_kind: str = "cnn", dataset: str = "i
     seed, area_weight for NEMt...). The history (losses, validation faithfulness, per-epoch
     snapshots, seconds) comes back as ``nem.history``; ``nem.history['cached']`` says whether it was
     loaded."""
-    from ranem.classifiers import _training_lock, get_classifier
+    from ranem.classifiers import get_classifier
     s = settings if settings is not None else config.settings()
     clf = get_classifier(classifier_kind, dataset, settings=s, progress=progress, device=device)
     spec = nem_spec(kind, clf.ranem_info["key"], dataset, s, **options)
@@ -334,7 +332,7 @@ def get_nem(kind: str = "ranem", classifier_kind: str = "cnn", dataset: str = "i
     path = folder / "nem.safetensors"
     cached = path.is_file()
     if not cached:
-        with _training_lock(folder / "train.lock"):
+        with training_lock(folder / "train.lock"):
             cached = path.is_file()
             if not cached:
                 _train_cached(spec, clf, folder, progress)

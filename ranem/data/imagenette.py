@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ranem import config
+from ranem.cache import atomic_write
 from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD, _check_count, normalize
 
 # --------------------------------------------------------------------------------------------
@@ -290,16 +291,7 @@ def imagenette_arrays(split: str, size: int, limit: int = 0, root=None, seed: in
         return tensors["images"], tensors["labels"]
     images = _decode_all(files, size, workers)
     labels_t = torch.tensor(labels, dtype=torch.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"images": images, "labels": labels_t}, tmp,
-                  metadata={"layout": layout.name, "split": split, "size": str(size), "limit": str(limit),
-                            "seed": str(seed), "count": str(len(files))})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    meta = {"layout": layout.name, "split": split, "size": str(size), "limit": str(limit),
+            "seed": str(seed), "count": str(len(files))}
+    atomic_write(path, lambda tmp: save_file({"images": images, "labels": labels_t}, str(tmp), metadata=meta))
     return images, labels_t

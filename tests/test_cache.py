@@ -1,0 +1,74 @@
+"""Tests of ranem.cache: atomic writes and the training lock shared by every cached artefact."""
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from ranem import cache
+
+
+def test_atomic_write_creates_folder_and_replaces(tmp_path):
+    target = tmp_path / "a" / "b" / "x.json"
+    cache.atomic_write(target, lambda p: p.write_text("one"))
+    cache.atomic_write(target, lambda p: p.write_text("two"))
+    assert target.read_text() == "two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.json"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, error):
+    target = tmp_path / "model.json"
+    target.write_text("old")
+
+    def crash(path):
+        path.write_text("half")
+        raise error
+    with pytest.raises(error):
+        cache.atomic_write(target, crash)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.json"] and target.read_text() == "old"
+
+
+def test_lock_staleness(tmp_path):
+    lock = tmp_path / "k.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")
+    assert not cache.lock_is_stale(lock)
+    assert cache.lock_is_stale(lock, max_age_s=-1)  # too old
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{socket.gethostname()} {dead.pid}")
+    assert cache.lock_is_stale(lock)
+    lock.write_text("garbage")
+    assert cache.lock_is_stale(lock)
+    assert cache.lock_is_stale(tmp_path / "missing.lock")
+
+
+def test_training_lock_serialises_and_cleans_up(tmp_path):
+    lock = tmp_path / "sub" / "t.lock"
+    events = []
+
+    def second():
+        with cache.training_lock(lock, poll_s=0.01):
+            events.append("second in")
+
+    with cache.training_lock(lock, poll_s=0.01):
+        assert lock.read_text().split() == [socket.gethostname(), str(os.getpid())]
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.1)
+        events.append("first out")  # the second holder is still waiting here
+    thread.join(5)
+    assert events == ["first out", "second in"] and not lock.exists()
+
+
+def test_training_lock_is_released_on_error(tmp_path):
+    lock = tmp_path / "t.lock"
+    with pytest.raises(RuntimeError):
+        with cache.training_lock(lock):
+            raise RuntimeError("training failed")
+    assert not lock.exists()
