@@ -22,27 +22,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import timm
 import torch
 
 from ranem import baselines
 from ranem.baselines.gradcam import hooked_activation
 from ranem.metrics import explain_time, spearman
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
+from _common import add_device_args, device_from, load_model, timed
 
 
 def forwards(model, x, rows, batch_size, backward=False):
@@ -58,22 +44,6 @@ def forwards(model, x, rows, batch_size, backward=False):
             with torch.inference_mode():
                 model(pool[:n]).softmax(1)
         done += n
-
-
-def load_model(name, size, device):
-    """The cached cpu-mode classifier when it matches (RISE maps of a trained model carry signal,
-    so the agreement with captum-rise means something), else a randomly initialised timm model."""
-    from ranem import classifiers, config
-    cpu = config.settings("cpu")
-    spec = classifiers.classifier_spec("cnn", "imagenette", cpu)
-    cached = (config.cache_dir() / "classifiers" / f"{classifiers.cache_key(spec)}.safetensors").is_file()
-    if cached and cpu.image_size == size and cpu.cnn == name:  # never train (nor wait for) one here
-        model = classifiers.get_classifier("cnn", "imagenette", settings=cpu, progress=False, device=device)
-        return model, "trained (cpu-mode cache)"
-    kwargs = {"img_size": size, "patch_size": 16} if name.startswith("vit") else {}
-    torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10, **kwargs).eval().to(device).requires_grad_(False)
-    return model, "random weights"
 
 
 def cam_floor(model, x):
@@ -93,9 +63,9 @@ def main():
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_args(ap)
     args = ap.parse_args()
-    device = torch.device(args.device)
+    device = device_from(args)
     model, origin = load_model(args.model, args.size, device)
     x = torch.randn(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
     try:  # real held-out images when the data are there: RISE on noise inputs says little

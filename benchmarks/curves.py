@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import timm
 import torch
@@ -24,19 +23,7 @@ import torch
 from ranem.metrics import faithfulness
 from ranem.metrics.curves import pixel_counts
 from ranem.ops import blur
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
+from _common import add_device_args, device_from, timed
 
 
 def floor_run(model, x, rows, batch_size):
@@ -76,13 +63,10 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="default: the image width (RISE)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    add_device_args(parser)
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = device_from(args)
     steps = args.steps or args.size
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False, num_classes=10).eval().to(device)

@@ -17,27 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import timm
 import torch
 
 from ranem.baselines import saliency
 from ranem.nem import RaNEM
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, inner: int) -> float:
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / inner
+from _common import add_device_args, device_from, timed
 
 
 def main():
@@ -46,12 +32,9 @@ def main():
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    add_device_args(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = device_from(args)
     torch.manual_seed(0)
     kwargs = {"img_size": args.size} if "vit" in args.model else {}
     model = timm.create_model(args.model, num_classes=10, **kwargs).eval().to(device)

@@ -28,12 +28,9 @@ time. Quantus goes in a separate environment, never the project's:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import numpy as np
-import timm
 import torch
 
 from ranem.baselines import saliency
@@ -43,35 +40,7 @@ from ranem.metrics.robustness import _reset_top_down
 if not hasattr(np, "trapz"):  # Quantus 0.6 still calls np.trapz (removed in NumPy 2.4)
     np.trapz = np.trapezoid
 import quantus  # noqa: E402  (after the NumPy patch)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_time(fn, device, repeats):
-    out, times = None, []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return out, statistics.median(times)
-
-
-def load_model(name, size, device):
-    """The cached cpu-mode classifier when it matches, else a randomly initialised timm model."""
-    from ranem import classifiers, config
-    cpu = config.settings("cpu")
-    spec = classifiers.classifier_spec("cnn", "imagenette", cpu)
-    cached = (config.cache_dir() / "classifiers" / f"{classifiers.cache_key(spec)}.safetensors").is_file()
-    if cached and cpu.image_size == size and cpu.cnn == name:  # never train (nor wait for) one here
-        model = classifiers.get_classifier("cnn", "imagenette", settings=cpu, progress=False, device=device)
-        return model, "trained (cpu-mode cache)"
-    torch.manual_seed(0)
-    return timm.create_model(name, num_classes=10).eval().to(device).requires_grad_(False), "random weights"
+from _common import add_device_args, device_from, load_model, median_time
 
 
 class Expand3(torch.nn.Module):
@@ -97,10 +66,10 @@ def main():
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_args(ap)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    device = torch.device(args.device)
+    device = device_from(args)
     model, origin = load_model(args.model, args.size, device)
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(args.images, 3, args.size, args.size, generator=g) * 0.8).to(device)

@@ -19,28 +19,15 @@ import argparse
 import contextlib
 import io
 import statistics
-import time
 
 import timm
 import torch
 from prodigyopt import Prodigy
 
 from ranem.nem import NEMt, RaNEM
+from _common import add_device_args, device_from, timed
 
 PAPER_SECONDS = {"ranem": 700, "nemt": 335}  # ResNet50, 10 epochs x 10k images, RTX 4090 (Table 7)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def make_floor(model, x, samples, amp):
@@ -76,12 +63,9 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--samples", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    add_device_args(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = device_from(args)
     amp = device.type == "cuda"
     torch.manual_seed(0)
     kwargs = {"img_size": args.size} if "vit" in args.model else {}

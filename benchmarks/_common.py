@@ -1,0 +1,68 @@
+"""What every benchmark script shares: device and thread options, synchronised timers, the model.
+
+The scripts import this module by name (``python benchmarks/<name>.py`` puts this folder on the path).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import timm
+import torch
+
+
+def add_device_args(parser) -> None:
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+
+
+def device_from(args) -> torch.device:
+    """The device of ``--device``, after applying ``--threads``."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device)
+
+
+def sync(device) -> None:
+    """Wait for queued CUDA work, so that a timer measures the work and not its launch."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, inner: int = 1) -> float:
+    """Seconds per call of ``fn()``, averaged over ``inner`` back-to-back calls."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / inner
+
+
+def median_time(fn, device, repeats: int):
+    """(last result, median seconds) of ``repeats`` calls of ``fn()``."""
+    out, times = None, []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
+
+
+def load_model(name, size, device):
+    """The cached cpu-mode classifier when it matches (maps of a trained model carry signal, so
+    agreement with a peer library means something), else a randomly initialised timm model.
+    Returns (model, where it came from). Never trains (nor waits for) a classifier."""
+    from ranem import classifiers, config
+    cpu = config.settings("cpu")
+    spec = classifiers.classifier_spec("cnn", "imagenette", cpu)
+    cached = (config.cache_dir() / "classifiers" / f"{classifiers.cache_key(spec)}.safetensors").is_file()
+    if cached and cpu.image_size == size and cpu.cnn == name:
+        model = classifiers.get_classifier("cnn", "imagenette", settings=cpu, progress=False, device=device)
+        return model, "trained (cpu-mode cache)"
+    kwargs = {"img_size": size, "patch_size": 16} if name.startswith("vit") else {}
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, **kwargs).eval().to(device).requires_grad_(False)
+    return model, "random weights"
