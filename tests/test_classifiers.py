@@ -117,7 +117,8 @@ def test_weights_that_do_not_fit_the_model(tmp_path):
         create_classifier("test_resnet", weights=tmp_path / "missing.safetensors")
 
 
-def test_offline_pretrained_suggests_weights_argument(monkeypatch):
+def _go_offline(monkeypatch):
+    """timm.create_model as without a network: pretrained=True fails as timm does."""
     real = timm.create_model
 
     def offline(name, pretrained=False, **kwargs):
@@ -125,6 +126,10 @@ def test_offline_pretrained_suggests_weights_argument(monkeypatch):
             raise OSError("network is unreachable")
         return real(name, **kwargs)
     monkeypatch.setattr(classifiers.timm, "create_model", offline)
+
+
+def test_offline_pretrained_suggests_weights_argument(monkeypatch):
+    _go_offline(monkeypatch)
     with pytest.raises(RuntimeError, match="weights=PATH"):
         create_classifier("test_resnet", pretrained=True)
 
@@ -273,13 +278,7 @@ def test_local_imagenet_weights_give_an_imagenette_classifier(tiny, cache, fake_
 
 def test_unreachable_hub_falls_back_to_training_here(tiny, cache, fake_imagenette, monkeypatch,
                                                     count_training):
-    real = timm.create_model
-
-    def offline(name, pretrained=False, **kwargs):
-        if pretrained:
-            raise OSError("network is unreachable")
-        return real(name, **kwargs)
-    monkeypatch.setattr(classifiers.timm, "create_model", offline)
+    _go_offline(monkeypatch)
     settings = config.settings("quick", **TINY, pretrained=True)
     with pytest.warns(UserWarning, match="Training test_resnet on Imagenette here instead"):
         model = get_classifier("cnn", "imagenette", settings=settings, progress=False)
