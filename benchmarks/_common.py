@@ -4,11 +4,22 @@ The scripts import this module by name (``python benchmarks/<name>.py`` puts thi
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
 import timm
 import torch
+
+
+def benchmark_parser(description: str, repeats: int) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark takes: --model, --size, --repeats, --device, --threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="resnet10t")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    add_device_args(parser)
+    return parser
 
 
 def add_device_args(parser) -> None:
@@ -37,6 +48,19 @@ def timed(fn, device, inner: int = 1) -> float:
         fn()
     sync(device)
     return (time.perf_counter() - start) / inner
+
+
+def round_robin(runs: dict, device, repeats: int, inner: int = 1, warmup: int = 1) -> dict:
+    """Median seconds per call of each ``runs[name]()``, timed in ``repeats`` rounds that call every
+    run once each, after ``warmup`` untimed calls: a busy machine then slows all runs alike."""
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, device, inner))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def median_time(fn, device, repeats: int):

@@ -20,7 +20,6 @@ captum-rise from a separate environment, never the project's:
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
@@ -28,7 +27,7 @@ import torch
 from ranem import baselines
 from ranem.baselines.gradcam import hooked_activation
 from ranem.metrics import explain_time, spearman
-from _common import add_device_args, device_from, load_model, timed
+from _common import benchmark_parser, device_from, load_model, timed
 
 
 def forwards(model, x, rows, batch_size, backward=False):
@@ -54,16 +53,12 @@ def cam_floor(model, x):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet10t")
-    ap.add_argument("--size", type=int, default=64)
+    ap = benchmark_parser(__doc__.splitlines()[0], repeats=3)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--masks", type=int, default=1000)
     ap.add_argument("--ig-steps", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
-    add_device_args(ap)
     args = ap.parse_args()
     device = device_from(args)
     model, origin = load_model(args.model, args.size, device)

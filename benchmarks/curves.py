@@ -14,8 +14,6 @@ interleaved repeats, so a noisy machine slows all three alike.
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 
 import timm
 import torch
@@ -23,7 +21,7 @@ import torch
 from ranem.metrics import faithfulness
 from ranem.metrics.curves import pixel_counts
 from ranem.ops import blur
-from _common import add_device_args, device_from, timed
+from _common import benchmark_parser, device_from, round_robin
 
 
 def floor_run(model, x, rows, batch_size):
@@ -56,14 +54,10 @@ def naive_run(model, x, attribution, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet10t")
-    parser.add_argument("--size", type=int, default=64)
+    parser = benchmark_parser(__doc__.splitlines()[0], repeats=3)
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--steps", type=int, default=None, help="default: the image width (RISE)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    add_device_args(parser)
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args()
     device = device_from(args)
@@ -80,13 +74,7 @@ def main():
     }
     if not args.skip_naive:
         runs["naive"] = lambda: naive_run(model, x, attribution, steps)
-    for fn in runs.values():  # warm-up (allocator, cuDNN autotuning)
-        fn()
-    times = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            times[name].append(timed(fn, device))
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = round_robin(runs, device, args.repeats)
 
     print(f"model {args.model} (random init) at {args.size} px on {device} "
           f"({torch.get_num_threads()} threads), {args.images} images x 2 curves x {steps + 1} points "

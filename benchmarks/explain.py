@@ -15,24 +15,18 @@ Weights are random: latency does not depend on them. Timings are medians over in
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 
 import timm
 import torch
 
 from ranem.baselines import saliency
 from ranem.nem import RaNEM
-from _common import add_device_args, device_from, timed
+from _common import benchmark_parser, device_from, round_robin
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet10t")
-    parser.add_argument("--size", type=int, default=64)
+    parser = benchmark_parser(__doc__.splitlines()[0], repeats=15)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--repeats", type=int, default=15)
-    add_device_args(parser)
     args = parser.parse_args()
     device = device_from(args)
     torch.manual_seed(0)
@@ -55,13 +49,7 @@ def main():
 
         runs = {"forward": forward, "ranem": lambda: nem.predict(x), "saliency": lambda: saliency(model, x)}
         inner = max(1, 8 // batch)  # batch 1 is short: average a few calls per sample
-        for fn in runs.values():  # warm-up (allocator, oneDNN/cuDNN kernel choice)
-            fn(), fn()
-        times = {name: [] for name in runs}
-        for _ in range(args.repeats):
-            for name, fn in runs.items():
-                times[name].append(timed(fn, device, inner))
-        med = {name: statistics.median(t) for name, t in times.items()}
+        med = round_robin(runs, device, args.repeats, inner=inner, warmup=2)
         print(f"batch {batch}:")
         for name, t in med.items():
             print(f"  {name:<9} {1000 * t:9.2f} ms  {1000 * t / batch:8.3f} ms/image")

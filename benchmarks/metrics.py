@@ -27,7 +27,6 @@ time. Quantus goes in a separate environment, never the project's:
 """
 from __future__ import annotations
 
-import argparse
 import warnings
 
 import numpy as np
@@ -40,7 +39,7 @@ from ranem.metrics.robustness import _reset_top_down
 if not hasattr(np, "trapz"):  # Quantus 0.6 still calls np.trapz (removed in NumPy 2.4)
     np.trapz = np.trapezoid
 import quantus  # noqa: E402  (after the NumPy patch)
-from _common import add_device_args, device_from, load_model, median_time
+from _common import benchmark_parser, device_from, load_model, median_time
 
 
 class Expand3(torch.nn.Module):
@@ -59,14 +58,10 @@ def explain_np(model, inputs, targets, **kwargs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet10t")
-    ap.add_argument("--size", type=int, default=64)
+    ap = benchmark_parser(__doc__.splitlines()[0], repeats=3)
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--samples", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    add_device_args(ap)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     device = device_from(args)

@@ -15,17 +15,15 @@ On a GPU the paper's setting can be projected: ResNet50 at 224 px, batch 32, S =
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import statistics
 
 import timm
 import torch
 from prodigyopt import Prodigy
 
 from ranem.nem import NEMt, RaNEM
-from _common import add_device_args, device_from, timed
+from _common import benchmark_parser, device_from, round_robin
 
 PAPER_SECONDS = {"ranem": 700, "nemt": 335}  # ResNet50, 10 epochs x 10k images, RTX 4090 (Table 7)
 
@@ -57,13 +55,9 @@ def make_step(nem, x, samples, amp):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet10t")
-    parser.add_argument("--size", type=int, default=64)
+    parser = benchmark_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--samples", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=5)
-    add_device_args(parser)
     args = parser.parse_args()
     device = device_from(args)
     amp = device.type == "cuda"
@@ -85,13 +79,7 @@ def main():
         "floor 1": make_floor(model, x, 1, amp),
         "nemt": make_step(nemt, x, 1, amp),
     }
-    for fn in runs.values():
-        fn(), fn()
-    times = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            times[name].append(timed(fn, device))
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = round_robin(runs, device, args.repeats, warmup=2)
     print(f"model {args.model} (random init) at {args.size} px on {device} ({torch.get_num_threads()} threads), "
           f"batch {args.batch}, S = {args.samples}, amp {amp}")
     for name, t in med.items():
