@@ -118,21 +118,19 @@ def evaluate(explainer, model, x, target=None, *, steps: int | None = None, robu
     """
     from ranem.baselines._common import check_positive_int, resolve_target
     from ranem.metrics.curves import faithfulness
-    from ranem.metrics.robustness import avg_sensitivity, mprt
+    from ranem.metrics.robustness import _explain_in_batches, avg_sensitivity, mprt
     check_positive_int(explain_batch, "explain_batch")
     check_positive_int(robust, "robust", minimum=0)
     check_positive_int(time_images, "time_images", minimum=0)
     target = resolve_target(model, x, target)
     out = {}
     start = time.perf_counter()
-    maps = torch.cat([explainer(model, x[i:i + explain_batch], target[i:i + explain_batch])
-                      for i in range(0, x.shape[0], explain_batch)])
+    maps = _explain_in_batches(explainer, model, x, target, explain_batch)
     _sync(x.device)
     out["explain_seconds"] = (time.perf_counter() - start) / x.shape[0]
     out["attribution"] = maps
-    with torch.no_grad():
-        out["faithfulness"], out["insertion"], out["deletion"] = faithfulness(
-            model, x, maps, steps=steps, target=target, batch_size=curve_batch, return_curves=True)
+    out["faithfulness"], out["insertion"], out["deletion"] = faithfulness(  # runs under inference mode
+        model, x, maps, steps=steps, target=target, batch_size=curve_batch, return_curves=True)
     if robust:
         xr, tr = x[:robust], target[:robust]
         out["sensitivity"] = avg_sensitivity(explainer, model, xr, tr, samples=sensitivity_samples, seed=seed,
