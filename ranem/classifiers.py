@@ -120,8 +120,9 @@ def _prepare(images: torch.Tensor, mean, std, device) -> torch.Tensor:
     whole dataset can stay in memory as uint8 (4x smaller than float)."""
     from ranem.data import normalize
     x = images.to(device, non_blocking=True)
-    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-    return normalize(x, mean, std) if mean is not None else x
+    if mean is not None:
+        return normalize(x, mean, std)  # uint8 is scaled there without a range check
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
 @torch.no_grad()

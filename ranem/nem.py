@@ -20,11 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ranem import ops
+from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ranem.cache import atomic_write
 
-__all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "NEMt", "classifier_fingerprint", "get_nem"]
+__all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "NEMt", "KINDS", "classifier_fingerprint"]
 FORMAT = "ranem-nem/1"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -350,8 +350,7 @@ class NEM(nn.Module):
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a ranem NEM checkpoint (format {meta.get('format')!r})")
-        kinds = {c.kind: c for c in (RaNEM, NEMt)}
-        target = kinds[meta["kind"]]
+        target = KINDS[meta["kind"]]
         if cls is not NEM and cls is not target:
             raise ValueError(f"{path} holds a {meta['kind']} NEM, not a {cls.kind}; use {target.__name__}.load")
         if check:
@@ -412,7 +411,4 @@ class NEMt(NEM):
         return (1 - p).mean() + self.area_weight * area, {"p_masked": p.mean().item(), "mask_mean": area.item()}
 
 
-def get_nem(*args, **kwargs) -> NEM:
-    """The book's cached NEMs: see ``ranem.train.get_nem`` (defined there, where training lives)."""
-    from ranem.train import get_nem as _get_nem
-    return _get_nem(*args, **kwargs)
+KINDS = {"ranem": RaNEM, "nemt": NEMt}  # NEM.kind -> class

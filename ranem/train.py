@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from ranem import config
 from ranem.cache import atomic_write, training_lock
-from ranem.nem import NEM, NEMt, RaNEM, classifier_fingerprint
+from ranem.data.transforms import normalize
+from ranem.nem import KINDS, NEM, classifier_fingerprint
 
 __all__ = ["train", "get_nem", "nem_spec", "CKPT_FORMAT", "NEM_CACHE_VERSION"]
 CKPT_FORMAT = "ranem-train/1"
@@ -56,9 +57,7 @@ def _images(batch, nem: NEM, device) -> torch.Tensor:
         raise TypeError(f"data must yield image tensors or (image, ...) tuples, got {type(x).__name__}")
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
-        mean = torch.tensor(nem.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(nem.std, device=device).view(1, -1, 1, 1)
-        x = (x.float() / 255 - mean) / std
+        x = normalize(x, nem.mean, nem.std)
     nem.check_input(x)
     return x
 
@@ -269,7 +268,6 @@ def _record(nem, history, x_val, x_snap, steps, amp) -> None:
 
 
 # ----------------------------------------------------------------------------- the book's cache
-KINDS = {"ranem": RaNEM, "nemt": NEMt}
 
 
 def nem_spec(kind: str = "ranem", classifier_key: str = "", dataset: str = "imagenette", settings=None,

@@ -20,14 +20,6 @@ _TRAINED: dict = {}  # (kind, classifier key) -> trained NEM
 _ATTACHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {id(nem): attached}
 
 
-def _get_nem():
-    try:
-        from ranem.nem import get_nem
-    except ImportError:
-        from ranem.train import get_nem
-    return get_nem
-
-
 def nem_for(model, kind: str):
     """The book's trained NEM of ``kind`` ("ranem" or "nemt") for a classifier of ``ranem.classifiers``."""
     info = getattr(model, "ranem_info", None)
@@ -37,7 +29,8 @@ def nem_for(model, kind: str):
             "model, or explain a classifier from ranem.classifiers.get_classifier")
     key = (kind, info.get("key"), info["kind"], info.get("dataset", "imagenette"))
     if key not in _TRAINED:
-        _TRAINED[key] = _get_nem()(kind=kind, classifier_kind=info["kind"], dataset=info.get("dataset", "imagenette"))
+        from ranem.train import get_nem  # training lives there; imported late to keep this module light
+        _TRAINED[key] = get_nem(kind=kind, classifier_kind=info["kind"], dataset=info.get("dataset", "imagenette"))
     return _TRAINED[key]
 
 
@@ -48,10 +41,7 @@ def attach(nem, model):
         return nem
     per_model = _ATTACHED.setdefault(model, {})
     if id(nem) not in per_model or per_model[id(nem)][0] is not nem:  # the pair keeps nem alive: ids stay unique
-        options = {k: v for k, v in nem.config.items() if k != "area_weight"}
-        if "area_weight" in nem.config:
-            options["area_weight"] = nem.config["area_weight"]
-        twin = type(nem)(model, **options)
+        twin = type(nem)(model, **nem.config)
         twin.decoder.load_state_dict(nem.decoder.state_dict())
         twin.history = nem.history
         per_model[id(nem)] = (nem, twin)
