@@ -30,11 +30,11 @@ def heatmap(ax, attribution, image=None, alpha: float = 0.55, cmap: str = "infer
     The colour scale is the attribution's own rank (percentile; tied values share their mean
     rank), so maps of different methods and scales are comparable: what matters to
     insertion/deletion is the order of the pixels."""
-    from scipy.stats import rankdata
+    from ranem.metrics.robustness import rank_average
 
     a = torch.as_tensor(attribution).detach().float().cpu()
     shape = tuple(a.shape[-2:])
-    ranks = (rankdata(a.flatten().numpy(), method="average") - 1) / max(a.numel() - 1, 1)
+    ranks = ((rank_average(a.reshape(1, -1))[0] - 1) / max(a.numel() - 1, 1)).numpy()
     if image is not None:
         img = _to_numpy_image(image)
         grey = img.mean(axis=2) if img.ndim == 3 else img
