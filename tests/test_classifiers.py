@@ -4,7 +4,6 @@ Tiny timm models (timm's own ``test_*`` architectures) on 16-px images keep the 
 Imagenette is replaced by random uint8 arrays, so no dataset is needed.
 """
 import json
-import os
 import socket
 import subprocess
 import sys
