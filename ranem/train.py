@@ -278,8 +278,8 @@ def nem_spec(kind: str = "ranem", classifier_key: str = "", dataset: str = "imag
     s = settings if settings is not None else config.settings()
     spec = {"version": NEM_CACHE_VERSION, "kind": kind, "classifier": classifier_key, "dataset": dataset,
             "image_size": s.synthetic_size if dataset == "synthetic" else s.image_size,
-            "n_train": s.nem_train, "n_val": min(16, max(4, s.n_eval)), "n_snapshot": 4,
-            "epochs": s.nem_epochs, "samples": s.nem_samples if kind == "ranem" else 1,
+            "n_train": s.nem_train, "n_val": min(32, max(4, s.n_eval)), "n_snapshot": 4,
+            "epochs": s.nem_epochs, "samples": 1 if kind == "nemt" else s.nem_samples,
             "batch_size": s.nem_batch, "curve_steps": min(16, s.curve_steps), "substrate_mode": "input",
             # Prodigy grows its step size from d0 over a few dozen steps; the paper's 3,000 steps
             # afford its default 1e-6, the CPU modes' hundred or so steps start higher.

@@ -9,7 +9,7 @@ from captum.attr import GradientShap, IntegratedGradients, Saliency
 from torch import nn
 
 from ranem import baselines
-from ranem.baselines import EXPLAINERS, explain, get_explainer
+from ranem.baselines import DISPLAY_NAMES, EXPLAINERS, explain, get_explainer
 from ranem.baselines.extremal import area_loss
 from ranem.baselines.gradcam import cam_from_gradients
 from ranem.baselines.iba import bottleneck_capacity
@@ -221,7 +221,7 @@ FAST = {"integrated_gradients": dict(steps=4), "gradient_shap": dict(samples=2),
 
 
 @pytest.mark.parametrize("kind", ["cnn", "vit"])
-@pytest.mark.parametrize("name", [n for n in EXPLAINERS if n not in ("ranem", "nemt")])
+@pytest.mark.parametrize("name", [n for n in EXPLAINERS if n not in ("ranem", "nemt", "ranem_insdel")])
 def test_every_registered_baseline_runs_on_timm_models(timm_models, name, kind):
     model = timm_models[kind]
     x = torch.randn(2, 3, 32, 32)
@@ -245,6 +245,8 @@ def test_registry_names_aliases_and_settings():
     assert get_explainer("IG") is EXPLAINERS["integrated_gradients"]
     assert get_explainer("Grad-CAM++") is EXPLAINERS["grad_cam_pp"]
     assert get_explainer("Ra-NEM") is EXPLAINERS["ranem"]
+    assert get_explainer("ranem_insdel") is EXPLAINERS["ranem_insdel"]
+    assert "ours" in DISPLAY_NAMES["ranem_insdel"]  # our extension, never shown as the paper's method
     assert get_explainer("rise", settings=s).keywords["masks"] == s.rise_masks
     assert get_explainer("rise", settings=s, masks=3).keywords["masks"] == 3
     with pytest.raises(ValueError, match="unknown explainer"):

@@ -278,11 +278,35 @@ def test_local_imagenet_weights_give_an_imagenette_classifier(tiny, cache, fake_
 def test_unreachable_hub_falls_back_to_training_here(tiny, cache, fake_imagenette, monkeypatch,
                                                     count_training):
     _go_offline(monkeypatch)
-    settings = config.settings("quick", **TINY, pretrained=True)
-    with pytest.warns(UserWarning, match="Training test_resnet on Imagenette here instead"):
+    settings = config.settings("quick", **TINY, pretrained=("cnn",))
+    with pytest.warns(UserWarning, match="test_resnet: training it here instead"):
         model = get_classifier("cnn", "imagenette", settings=settings, progress=False)
     assert len(count_training) == 1
     assert model.ranem_info["source"] == "trained" and model.ranem_info["label_index"] == list(range(10))
+
+
+def test_unreachable_hub_cnn_is_replaced_by_the_offline_wheel(tiny, cache, fake_imagenette, monkeypatch,
+                                                              count_training):
+    _go_offline(monkeypatch)
+    settings = config.settings("quick", **TINY, pretrained=("cnn",), cnn_offline="tf_efficientnet_lite0")
+    with pytest.warns(UserWarning, match="using tf_efficientnet_lite0"):
+        model = get_classifier("cnn", "imagenette", settings=settings, progress=False)
+    assert not count_training
+    info = model.ranem_info
+    assert info["source"] == "wheel" and info["name"] == "tf_efficientnet_lite0" and info["image_size"] == 16
+    assert info["label_index"] == list(data.IMAGENETTE_IMAGENET_INDEX) and info["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_wheel_classifier_needs_no_training_and_caches_its_accuracy(tiny, cache, fake_imagenette, count_training):
+    settings = config.settings("quick", **{**TINY, "cnn": "tf_efficientnet_lite0"}, pretrained=("cnn",))
+    spec = classifier_spec("cnn", "imagenette", settings)
+    assert spec["source"] == "wheel" and spec["wheel"] == "efficientnet_lite0"
+    model = get_classifier("cnn", "imagenette", settings=settings, progress=False)
+    x, y = data.imagenette_arrays("val", 16, limit=20)
+    assert not count_training and model.ranem_info["val_accuracy"] == pytest.approx(accuracy(model, x, y))
+    assert (cache / f"{cache_key(spec)}.json").is_file()
+    # The ViT of the same settings is not in ``pretrained``: it is trained here.
+    assert classifier_spec("vit", "imagenette", settings)["source"] == "trained"
 
 
 def test_key_follows_the_configuration(tiny):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.models.vgg import VGG
 
 from ranem import ops
-from ranem.nem import NEM, NEMt, RaNEM, classifier_fingerprint
+from ranem.nem import NEM, NEMt, RaNEM, RaNEMInsDel, classifier_fingerprint
 
 
 def _vgg(**kw):
@@ -157,6 +157,43 @@ def test_samples_go_through_the_classifier_as_one_batch(resnet):
     finally:
         handle.remove()
     assert rows == [5, 30]  # one clean forward (logits + features), one batch of S*B masked inputs
+
+
+def test_insdel_loss_keeps_and_removes_the_same_draw(resnet):
+    nem = RaNEMInsDel(resnet, substrates=("zeros",)).eval()  # eval: no dropout, so both passes agree
+    x = torch.randn(3, 3, 32, 32)
+    rows = []
+    first_conv = next(m for m in resnet.modules() if isinstance(m, nn.Conv2d))
+    handle = first_conv.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    try:
+        loss, stats = nem.loss(x, generator=torch.Generator().manual_seed(0), samples=4)
+    finally:
+        handle.remove()
+    assert rows == [3, 12]  # as many classifier inputs as Ra-NEM with S = 4: 2 draws x (keep, remove)
+    # The same draws, by hand: keep the top k of a + g, or remove exactly those pixels.
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        logits, a = nem(x)
+        k = ops.sample_k(32 * 32, 2, stratified=True, generator=g, batch=3).reshape(-1)
+        r = nem.substrate_batch(x, 2, "input", g)
+        xr = x.repeat_interleave(2, 0)
+        kept, mask = ops.omega(xr, a.repeat_interleave(2, 0), k, r, generator=g)
+        removed = xr * (1 - mask[:, None])  # zeros substrate
+        c = logits.argmax(1).repeat_interleave(2)
+        p = lambda z: F.softmax(resnet(z), 1).gather(1, c[:, None]).squeeze(1)  # noqa: E731
+        expected = 0.5 * ((1 - p(kept)).mean() + p(removed).mean())
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert stats["p_removed"] == pytest.approx(p(removed).mean().item(), abs=1e-5)
+    assert mask.sum((1, 2)).tolist() == k.tolist()
+    with pytest.raises(ValueError, match="samples must be >= 2"):
+        nem.loss(x, samples=1)
+
+
+def test_insdel_gradients_reach_the_decoder(resnet):
+    nem = RaNEMInsDel(resnet)
+    loss, _ = nem.loss(torch.randn(2, 3, 32, 32), generator=torch.Generator().manual_seed(1), samples=2)
+    loss.backward()
+    assert nem.decoder.head.weight.grad.abs().max() > 0
 
 
 def test_substrate_per_input_or_per_batch(resnet):

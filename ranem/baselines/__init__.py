@@ -10,8 +10,9 @@ important, on x's device.
 >>> maps = rise(model, x)
 
 Names: saliency, integrated_gradients, gradient_shap, grad_cam_pp, rise, smooth_pixel_mask, iba,
-ranem and nemt (the last two load or train a NEM for the model through ``ranem.nem``; imported
-only when asked for, so the registry works without them).
+ranem, nemt and ranem_insdel (the last three load or train a NEM for the model through
+``ranem.nem``; imported only when asked for, so the registry works without them). ranem_insdel is
+this project's extension of Ra-NEM (insertion and deletion terms in the loss), not the paper's.
 """
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ from ranem.baselines.extremal import smooth_pixel_mask
 from ranem.baselines.gradcam import find_target_layer, grad_cam_pp
 from ranem.baselines.gradients import gradient_shap, integrated_gradients, saliency
 from ranem.baselines.iba import iba, input_statistics
-from ranem.baselines.nems import nemt, ranem
+from ranem.baselines.nems import nemt, ranem, ranem_insdel
 from ranem.baselines.rise import rise, rise_masks
 
 __all__ = ["EXPLAINERS", "DISPLAY_NAMES", "FAMILIES", "get_explainer", "explain", "saliency",
            "integrated_gradients", "gradient_shap", "grad_cam_pp", "rise", "rise_masks", "smooth_pixel_mask",
-           "iba", "input_statistics", "find_target_layer", "ranem", "nemt"]
+           "iba", "input_statistics", "find_target_layer", "ranem", "ranem_insdel", "nemt"]
 
 EXPLAINERS = {
     "saliency": saliency,
@@ -38,12 +39,13 @@ EXPLAINERS = {
     "iba": iba,
     "nemt": nemt,
     "ranem": ranem,
+    "ranem_insdel": ranem_insdel,
 }
 
 DISPLAY_NAMES = {
     "saliency": "Saliency", "integrated_gradients": "Integrated Gradients", "gradient_shap": "Grad-SHAP",
     "grad_cam_pp": "Grad-CAM++", "rise": "RISE", "smooth_pixel_mask": "Smooth Pixel Mask", "iba": "IBA",
-    "nemt": "NEMt", "ranem": "Ra-NEM",
+    "nemt": "NEMt", "ranem": "Ra-NEM", "ranem_insdel": "Ra-NEM ins+del (ours)",
 }
 
 # Gradient methods read the model's gradient; occlusion methods only its outputs on masked
@@ -51,7 +53,7 @@ DISPLAY_NAMES = {
 FAMILIES = {
     "saliency": "gradient", "integrated_gradients": "gradient", "gradient_shap": "gradient",
     "grad_cam_pp": "gradient", "rise": "occlusion", "smooth_pixel_mask": "occlusion (set)",
-    "iba": "occlusion", "nemt": "NEM (set)", "ranem": "NEM",
+    "iba": "occlusion", "nemt": "NEM (set)", "ranem": "NEM", "ranem_insdel": "NEM",
 }
 
 _ALIASES = {

@@ -14,14 +14,14 @@ import weakref
 
 from ranem.baselines._common import check_images, check_model
 
-__all__ = ["ranem", "nemt", "nem_for", "attach"]
+__all__ = ["ranem", "ranem_insdel", "nemt", "nem_for", "attach"]
 
 _TRAINED: dict = {}  # (kind, classifier key) -> trained NEM
 _ATTACHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {id(nem): attached}
 
 
 def nem_for(model, kind: str):
-    """The book's trained NEM of ``kind`` ("ranem" or "nemt") for a classifier of ``ranem.classifiers``."""
+    """The book's trained NEM of ``kind`` ("ranem", "ranem_insdel" or "nemt") for a classifier of ``ranem.classifiers``."""
     info = getattr(model, "ranem_info", None)
     if not isinstance(info, dict) or "kind" not in info:
         raise ValueError(
@@ -60,6 +60,12 @@ def ranem(model, x, target=None, nem=None):
     return _explain("ranem", model, x, nem)
 
 
+def ranem_insdel(model, x, target=None, nem=None):
+    """Attribution (B, H, W) of our Ra-NEM variant trained on insertion and deletion together
+    (``ranem.nem.RaNEMInsDel``; not the paper's method)."""
+    return _explain("ranem_insdel", model, x, nem)
+
+
 def nemt(model, x, target=None, nem=None):
     """NEMt attribution (B, H, W): the decoder's mask logits (sigmoid = the mask), one forward pass."""
     return _explain("nemt", model, x, nem)
@@ -67,5 +73,5 @@ def nemt(model, x, target=None, nem=None):
 
 # One forward of the classifier gives both the label and the NEM's map: timing (``explain_time``)
 # must not add a second forward for the label.
-ranem.predicts_label = True
-nemt.predicts_label = True
+for _fn in (ranem, ranem_insdel, nemt):
+    _fn.predicts_label = True
