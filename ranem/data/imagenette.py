@@ -76,6 +76,41 @@ def _fetch(url: str, dest: Path, expected_bytes: int | None = None) -> str:
     return md5.hexdigest()
 
 
+def _check_member(member: tarfile.TarInfo, target: Path) -> None:
+    """Refuse a member that could land outside ``target``: an absolute path or one with a ``..``
+    part, in its name or (links) in what it points to, or anything but a file, folder or link.
+    Without ``..`` and absolute paths every name and link resolves downwards from the folder,
+    whatever links the archive holds, so no check depends on the order of extraction."""
+    def escapes(path: str) -> bool:
+        return os.path.isabs(path) or path.startswith(("/", "\\")) or ".." in Path(path.replace("\\", "/")).parts
+
+    if escapes(member.name):
+        raise tarfile.TarError(f"refusing to extract {member.name!r}: it could land outside {target}")
+    if (member.issym() or member.islnk()) and escapes(member.linkname):
+        raise tarfile.TarError(f"refusing to extract the link {member.name!r} -> {member.linkname!r}: "
+                               f"it could point outside {target}")
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise tarfile.TarError(f"refusing to extract {member.name!r}: not a regular file, folder or link")
+
+
+def extract_safely(archive, target) -> None:
+    """Extract the tar ``archive`` into the folder ``target``, never writing outside it.
+
+    Every member is checked first (``_check_member``) and the archive is refused as a whole
+    (``tarfile.TarError``) if one could escape, on every Python version alike. Where Python has
+    the "data" filter (3.11.4+) extraction also runs under it (it refuses links that leave the
+    folder and drops special permission bits); older interpreters rely on the checks alone.
+    """
+    target = Path(os.path.realpath(target))
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for member in members:
+            _check_member(member, target)
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(target, members=members, **safe)
+
+
 def download_imagenette(root: str | os.PathLike | None = None, variant: str = "imagenette2-320") -> Path:
     """Download and extract a fast.ai Imagenette archive into ``root``; return the layout folder.
 
@@ -93,11 +128,7 @@ def download_imagenette(root: str | os.PathLike | None = None, variant: str = "i
         got = _fetch(url, archive, nbytes)
         if got != md5:
             raise OSError(f"checksum mismatch for {url}: MD5 {got}, expected {md5}")
-        with tarfile.open(archive) as tar:
-            # The "data" filter refuses absolute paths, links out of the folder and device files
-            # (Python >= 3.11.4); older interpreters extract without it.
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(work / "x", **safe)
+        extract_safely(archive, work / "x")
         extracted = work / "x" / variant
         if not _is_layout(extracted):
             raise OSError(f"{url} did not contain {variant}/{{train,val}}/<wnid>/ folders")
