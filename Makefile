@@ -24,7 +24,7 @@ env: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[book,test]'
+	$(BIN)/python -m pip install -e '.[book,test,lite]'
 	touch $(STAMP)
 
 # Execute the chapters this machine can run (cpu mode by default; gpu-only chapters keep

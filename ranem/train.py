@@ -28,7 +28,7 @@ from ranem.cache import atomic_write, training_lock
 from ranem.data.transforms import normalize
 from ranem.nem import KINDS, NEM, classifier_fingerprint
 
-__all__ = ["train", "get_nem", "nem_spec", "CKPT_FORMAT", "NEM_CACHE_VERSION"]
+__all__ = ["train", "get_nem", "nem_spec", "plateau_epoch", "CKPT_FORMAT", "NEM_CACHE_VERSION"]
 CKPT_FORMAT = "ranem-train/1"
 NEM_CACHE_VERSION = 1
 NEM_SYNTHETIC_SEED = 2  # the classifiers use seeds 0 and 1: NEMs see images no classifier saw
@@ -265,6 +265,17 @@ def _record(nem, history, x_val, x_snap, steps, amp) -> None:
         a = nem.explain(x_snap).float().cpu()[None]
         old = history.get("snapshots")
         history["snapshots"] = a if old is None else torch.cat([old, a])
+
+
+def plateau_epoch(values, tolerance: float = 0.01) -> int:
+    """The first epoch after which a learning curve never rises more than ``tolerance`` above its
+    value there (``values[0]`` = before training). The last epoch means: still rising at the end."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("values is empty: pass the per-epoch validation scores (history['val_faithfulness'])")
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    return next(e for e, v in enumerate(values) if all(later <= v + tolerance for later in values[e + 1:]))
 
 
 # ----------------------------------------------------------------------------- the book's cache

@@ -443,3 +443,25 @@ def test_mean_std_from_timm_config(tmp_path, layout_template):
     assert ds.size == 48 and ds.mean == (0.5, 0.5, 0.5) and ds.std == (0.25, 0.25, 0.25)
     assert ds[0][0].shape == (3, 48, 48)
     assert data.Imagenette.for_model(model, "val", size=10, root=tmp_path)[0][0].shape == (3, 10, 10)
+
+
+def test_evaluation_images_are_one_seeded_draw_at_every_size(monkeypatch):
+    from ranem.data import evaluation
+    calls = []
+
+    def arrays(split, size, limit=0, root=None):
+        calls.append((split, size, limit))
+        labels = torch.arange(40) // 4  # stored class by class, as Imagenette's split is
+        return labels.view(-1, 1, 1, 1).expand(40, 3, size, size).to(torch.uint8), labels
+    monkeypatch.setattr(evaluation, "imagenette_arrays", arrays)
+    x16, y16 = evaluation.evaluation_images(12, 16)
+    x8, y8 = evaluation.evaluation_images(12, 8)
+    assert x16.shape == (12, 3, 16, 16) and x8.shape == (12, 3, 8, 8)
+    assert torch.equal(y16, y8) and torch.equal(x16[:, 0, 0, 0], y16.to(torch.uint8))  # same images
+    assert len(set(y16.tolist())) > 3  # spans the classes, unlike the first 12 of the split
+    assert torch.equal(evaluation.evaluation_images(5, 16)[1], y16[:5])  # a prefix of the same draw
+    assert calls[0] == ("val", 16, 0)
+    with pytest.raises(ValueError, match="at most the 40"):
+        evaluation.evaluation_images(41, 16)
+    with pytest.raises(ValueError, match="n must be"):
+        evaluation.evaluation_images(0, 16)

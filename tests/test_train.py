@@ -163,3 +163,15 @@ def test_quick_training_on_synthetic_lowers_loss_and_beats_random():
     rand = torch.rand(test_x.shape[0], *test_x.shape[2:], generator=torch.Generator().manual_seed(0))
     f_rand = faithfulness(clf, test_x, rand, steps=16).mean()
     assert f_nem > f_rand + 0.05
+
+
+def test_plateau_epoch_is_where_the_curve_stops_rising():
+    from ranem.train import plateau_epoch
+    assert plateau_epoch([0.28, 0.30, 0.35, 0.34, 0.355]) == 2  # later gains within 0.01
+    assert plateau_epoch([0.28, 0.30, 0.35, 0.34, 0.37]) == 4  # still rising at the end
+    assert plateau_epoch([0.3, 0.2, 0.1]) == 0
+    assert plateau_epoch([0.28, 0.30, 0.35], tolerance=0.1) == 0
+    with pytest.raises(ValueError, match="values is empty"):
+        plateau_epoch([])
+    with pytest.raises(ValueError, match="tolerance"):
+        plateau_epoch([0.1], tolerance=float("nan"))

@@ -16,6 +16,7 @@ from ranem.data.imagenette import (  # noqa: F401
     IMAGENETTE_WNIDS, Imagenette, download_imagenette, find_imagenette, imagenette_arrays,
     mean_std_for, transform_for,
 )
+from ranem.data.evaluation import evaluation_images  # noqa: F401
 from ranem.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_VERSION, SyntheticShapes, synthetic  # noqa: F401
 from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize  # noqa: F401
 
@@ -24,6 +25,6 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "normalize", "denormalize",
     "IMAGENETTE_WNIDS", "IMAGENETTE_CLASSES", "IMAGENETTE_IMAGENET_INDEX", "IMAGENETTE_LAYOUTS",
     "IMAGENETTE_ARCHIVES", "find_imagenette", "download_imagenette", "Imagenette",
-    "imagenette_arrays", "mean_std_for", "transform_for",
+    "imagenette_arrays", "mean_std_for", "transform_for", "evaluation_images",
 ]
 
