@@ -5,8 +5,15 @@ Every substrate has one signature, ``substrate(x, generator=None) -> R`` with ``
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks shared by the whole package (metrics and baselines import them from here or
+# through ranem.baselines._common): each raises TypeError/ValueError naming the argument.
+# ---------------------------------------------------------------------------------------------
 
 
 def _check_images(x: torch.Tensor, name: str = "x") -> None:
@@ -16,6 +23,58 @@ def _check_images(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if min(x.shape[1:]) < 1:
+        raise ValueError(f"{name} must have at least one channel, row and column, got shape {tuple(x.shape)}")
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+
+
+def _check_number(value, name: str, low: float = -math.inf, high: float = math.inf,
+                  low_open: bool = False) -> float:
+    """``value`` as a float after checking it is a finite real number in [low, high] (or
+    (low, high] with ``low_open``). NaN fails every comparison, so it is refused explicitly."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) or hasattr(value, "__float__")):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(number) or number < low or number > high or (low_open and number == low):
+        bounds = [f"{'>' if low_open else '>='} {low:g}"] if low > -math.inf else []
+        bounds += [f"<= {high:g}"] if high < math.inf else []
+        raise ValueError(f"{name} must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}, "
+                         f"got {value!r}")
+    return number
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be None or a torch.Generator, got {type(generator).__name__}")
+
+
+def _check_device(device, name: str = "device"):
+    """``device`` as a torch.device (None stays None); unknown strings and accelerators that this
+    machine lacks are refused here rather than deep inside the first allocation."""
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device, int)) or isinstance(device, bool):
+        raise TypeError(f"{name} must be None, a str or a torch.device, got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name} must be a device such as 'cpu' or 'cuda:0', got {device!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(f"{name}={device!r} but this machine has {count} usable CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={device!r} but MPS is not available on this machine")
+    return dev
 
 
 def zeros(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -26,10 +85,10 @@ def zeros(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Te
 
 def gaussian_kernel(kernel_size: int = 11, sigma: float = 5.0, device=None, dtype=None) -> torch.Tensor:
     """Normalised 2-D Gaussian kernel of side ``kernel_size``."""
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size}")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+    _check_number(sigma, "sigma", low=0, low_open=True)
+    device = _check_device(device)
     offsets = torch.arange(kernel_size, device=device, dtype=torch.float64) - kernel_size // 2
     g = torch.exp(-(offsets**2) / (2 * sigma**2))
     k2 = torch.outer(g, g)
@@ -45,6 +104,7 @@ def blur(
     """Insertion substrate: Gaussian blur of ``x`` (zero padding, each channel on its own),
     applied to the normalised tensor as RISE's reference implementation does."""
     _check_images(x)
+    _check_finite(x, "x")  # a NaN pixel would spread over its whole neighbourhood
     channels = x.shape[1]
     kernel = gaussian_kernel(kernel_size, sigma, device=x.device, dtype=x.dtype)
     weight = kernel.expand(channels, 1, kernel_size, kernel_size)
@@ -54,6 +114,9 @@ def blur(
 def noise(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random substrate: Gaussian noise with each image's per-channel mean and std."""
     _check_images(x)
+    _check_finite(x, "x")  # a NaN pixel would make its channel's mean and std NaN
+    if x.numel() == 0:  # an empty batch has no statistics (and torch warns computing them)
+        return torch.empty_like(x)
     mean = x.mean(dim=(2, 3), keepdim=True)
     std = x.std(dim=(2, 3), keepdim=True, correction=0)  # population std: defined for 1x1 images too
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if generator is not None \
@@ -93,6 +156,7 @@ def gumbel(shape_or_like, generator: torch.Generator | None = None, dtype=None, 
     With a ``generator`` on another device than ``device`` the draw happens on the generator's
     device and is moved, so a CPU generator gives the same numbers on every device.
     """
+    _check_generator(generator)
     if isinstance(shape_or_like, torch.Tensor):
         shape = shape_or_like.shape
         if dtype is None and shape_or_like.is_floating_point():
@@ -108,9 +172,9 @@ def gumbel(shape_or_like, generator: torch.Generator | None = None, dtype=None, 
     if any(s < 0 for s in shape):
         raise ValueError(f"shape_or_like must have non-negative sizes, got {tuple(shape)}")
     dtype = torch.get_default_dtype() if dtype is None else dtype
-    if not dtype.is_floating_point:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
-    device = torch.device("cpu") if device is None else torch.device(device)
+    device = torch.device("cpu") if device is None else _check_device(device)
     draw = _draw_dtype(dtype)
     gen_device = generator.device if generator is not None else device
     u = torch.rand(shape, generator=generator, dtype=draw, device=gen_device)
@@ -131,11 +195,6 @@ def _check_k_int(k, d: int, name: str = "k") -> int:
     if not 1 <= k <= d:
         raise ValueError(f"{name} must be in [1, d] with d = {d}, got {k}")
     return k
-
-
-def _check_finite(t: torch.Tensor, name: str) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
 
 
 def gumbel_topk(logits: torch.Tensor, k, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -188,11 +247,19 @@ def _check_scores(scores, x: torch.Tensor) -> torch.Tensor:
 
 
 def _replacement(x: torch.Tensor, substrate, generator) -> torch.Tensor:
-    if isinstance(substrate, torch.Tensor):
-        if substrate.shape != x.shape:
-            raise ValueError(f"substrate tensor must be shaped like x {tuple(x.shape)}, got {tuple(substrate.shape)}")
-        return substrate
-    return get_substrate(substrate)(x, generator)
+    """The replacement values R for x: a tensor shaped like x, or what a substrate name/callable
+    gives for x. R is checked whichever way it came, because a (1, C, H, W) R would broadcast
+    image 0's values over the whole batch, and a NaN in R is a NaN in every masked image."""
+    r = substrate if isinstance(substrate, torch.Tensor) else get_substrate(substrate)(x, generator)
+    what = "substrate tensor" if isinstance(substrate, torch.Tensor) else "the substrate's output"
+    if not isinstance(r, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(r).__name__}")
+    if r.shape != x.shape:
+        raise ValueError(f"{what} must be shaped like x {tuple(x.shape)}, got {tuple(r.shape)}")
+    if not r.is_floating_point() or r.device != x.device:
+        raise ValueError(f"{what} must be a floating-point tensor on x's device {x.device}, got {r.dtype} on {r.device}")
+    _check_finite(r, what)
+    return r
 
 
 def _top_k_positions(values: torch.Tensor, k: torch.Tensor, stable: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,9 +313,14 @@ def omega(
     As in Algorithm 1 (and the authors' code) the threshold s_(k) is NOT detached: it is a function
     of the scores, so the pixel holding it receives minus the sum of the other pixels' gradients.
     Consequently each row's gradient sums to zero and the logsumexp shift cancels in the gradient;
-    it only keeps the perturbed values in a bounded range (useful in low precision).
+    it only keeps the perturbed values in a bounded range (useful in low precision). Values of
+    s more than a quarter of the dtype's range below the logsumexp (only possible when a row's
+    scores span more than the float range) are clamped there, so the mask never holds NaN.
     """
     _check_images(x)
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one image, got an empty batch")
+    _check_finite(x, "x")
     s = _check_scores(scores, x)
     b, d = s.shape
     kk = _per_row_k(k, b, d, s.device)
@@ -256,7 +328,11 @@ def omega(
     # Work in at least float32: sorting many half-precision values creates ties and the
     # sigmoid's slope would be rounded away.
     work = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
-    work = work - torch.logsumexp(work, dim=1, keepdim=True)
+    # scores - logsumexp is <= 0 but is -inf when a row spans more than the dtype's range; the
+    # floor keeps it finite (so threshold differences never give inf - inf = NaN) and is the
+    # identity, gradient included, for every value above it.
+    floor = torch.finfo(work.dtype).min / 4
+    work = (work - torch.logsumexp(work, dim=1, keepdim=True)).clamp(min=floor)
     if noise:
         work = work + gumbel(work, generator=generator)
     hard, at = _top_k_positions(work.detach(), kk, stable=not noise)
@@ -288,6 +364,8 @@ def sample_k(
     if batch is not None and (isinstance(batch, bool) or not hasattr(batch, "__index__") or int(batch) < 1):
         raise ValueError(f"batch must be a positive int or None, got {batch!r}")
     d, samples = int(d), int(samples)
+    device = _check_device(device)
+    _check_generator(generator)
     shape = (samples,) if batch is None else (int(batch), samples)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     if stratified:
@@ -311,8 +389,8 @@ def gumbel_softmax_k(logits: torch.Tensor, k: int, tau: float = 0.5,
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.ndim < 1:
         raise ValueError("logits must be a floating-point tensor with at least one dimension")
     k = _check_k_int(k, logits.shape[-1])
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+    _check_number(tau, "tau", low=0, low_open=True)
+    _check_finite(logits, "logits")
     # Draw the k samples in chunks so memory stays near 64 rows of logits, however large k is.
     chunk = max(1, min(k, 64))
     out = None
@@ -321,4 +399,6 @@ def gumbel_softmax_k(logits: torch.Tensor, k: int, tau: float = 0.5,
         g = gumbel((n, *logits.shape), generator=generator, dtype=logits.dtype, device=logits.device)
         sample = torch.softmax((logits.unsqueeze(0) + g) / tau, dim=-1).amax(dim=0)
         out = sample if out is None else torch.maximum(out, sample)
+    if not bool(torch.isfinite(out).all()):  # (logits + g) / tau overflowed to inf: inf - inf in softmax
+        raise ValueError(f"tau={tau!r} is too small for logits of this magnitude: the relaxation overflows")
     return out

@@ -3,6 +3,11 @@
 Every baseline has the signature ``explain(model, x, target=None, **options) -> (B, H, W)``:
 ``x`` is a batch of images already normalised for ``model``; ``target`` is a class index per image
 (an int, a sequence or a (B,) tensor); ``None`` means the model's top-1 prediction on ``x``.
+
+The dtype rule of every public function that runs a model on images (baselines and metrics):
+images in another floating dtype than the model's parameters (float16, bfloat16, float64 images
+with a float32 model) are cast to the parameters' dtype on entry (``model_input``), so the model
+never sees a dtype it cannot combine with its weights; maps come back in that dtype.
 """
 from __future__ import annotations
 
@@ -11,12 +16,54 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ranem.ops import _check_images
+from ranem.ops import _check_device, _check_finite, _check_images, _check_number  # noqa: F401 (shared)
+
+check_number = _check_number  # a finite real number in a range, named in the error
+check_device = _check_device  # a device string/object that exists on this machine
 
 
 def check_model(model) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _model_tensor(model: nn.Module):
+    """The model's first floating parameter (or buffer): where its dtype and device are read."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t
+    for t in model.buffers():
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def model_input(model, x, name: str = "x") -> torch.Tensor:
+    """Check ``model`` and the images ``x`` (see ``check_images``) and return x in the model's
+    parameter dtype (the package's dtype rule). x on another device than the model is refused:
+    moving it silently would hide a copy per call."""
+    check_model(model)
+    check_images(x, name)
+    ref = _model_tensor(model)
+    if ref is None:
+        return x
+    if ref.device != x.device:
+        raise ValueError(f"{name} is on {x.device} but the model's parameters are on {ref.device}; "
+                         f"move one of them (x.to(device) or model.to(device))")
+    return x if x.dtype == ref.dtype else x.to(ref.dtype)
+
+
+def check_maps(maps, x: torch.Tensor, method: str) -> torch.Tensor:
+    """An explainer's result: a (B, H, W) tensor matching x, finite. A non-finite map comes from
+    non-finite model outputs (overflow) or a diverged optimisation; it is refused, never returned."""
+    b, _, h, w = x.shape
+    if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (b, h, w):
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise ValueError(f"{method} must give maps of shape (B, H, W) = {(b, h, w)} to match x, got {shape}")
+    if maps.is_floating_point() and not bool(torch.isfinite(maps).all()):
+        raise ValueError(f"{method} produced NaN or inf attributions: the model's outputs on these images are "
+                         f"not finite, or the method's options make it diverge")
+    return maps
 
 
 def check_images(x, name: str = "x") -> None:
@@ -54,15 +101,13 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
         return predict(model, x)
     if isinstance(target, bool):
         raise TypeError("target must be None, an int, a sequence of ints or a (B,) integer tensor, got a bool")
-    if isinstance(target, int):
-        return torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
     if not isinstance(target, torch.Tensor):
-        try:
-            target = torch.as_tensor(list(target))
+        try:  # an int (NumPy ints too) or a sequence of them; range and shape are checked below
+            target = torch.tensor(target.__index__()) if hasattr(target, "__index__") else torch.as_tensor(list(target))
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"target must be None, an int, a sequence of ints or a (B,) tensor, "
                             f"got {target!r}") from None
-    if target.is_floating_point() or target.dtype == torch.bool:
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     target = target.reshape(-1) if target.ndim == 0 else target
     if target.ndim != 1 or target.shape[0] not in (1, x.shape[0]):
@@ -113,8 +158,8 @@ def frozen(model: nn.Module):
 
 def gaussian_blur(x: torch.Tensor, sigma: float, reflect: bool = False) -> torch.Tensor:
     """Separable Gaussian blur of a (B, C, H, W) tensor, kernel radius ~2.5 sigma (at least 1)."""
-    if sigma <= 0:
-        return x
+    if sigma <= 0 or 2 * sigma**2 < torch.finfo(x.dtype).tiny:
+        return x  # a tinier sigma is the identity anyway, but its kernel would compute 0 / 0
     radius = max(1, int(round(2.5 * sigma)))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-offsets**2 / (2 * sigma**2))

@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ranem.baselines._common import check_images, check_model, check_positive_int, check_probability, frozen
-from ranem.baselines._common import gaussian_blur, pick, resolve_target
+from ranem.baselines._common import check_images, check_maps, check_number, check_positive_int, check_probability
+from ranem.baselines._common import frozen, gaussian_blur, model_input, pick, resolve_target
 from ranem.ops import blur
 
 __all__ = ["smooth_pixel_mask", "smooth_mask_from_params", "area_loss"]
@@ -35,6 +35,15 @@ __all__ = ["smooth_pixel_mask", "smooth_mask_from_params", "area_loss"]
 
 def smooth_mask_from_params(theta: torch.Tensor, size, sigma: float = 1.0) -> torch.Tensor:
     """Mask (B, H, W) from coarse parameters theta (B, 1, g, g): Gaussian smoothing, upsampling."""
+    check_images(theta, "theta")
+    if theta.shape[1] != 1:
+        raise ValueError(f"theta must have one channel (B, 1, g, g), got shape {tuple(theta.shape)}")
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise ValueError(f"size must be an int or a pair (H, W), got {size!r}")
+    size = (check_positive_int(size[0], "size[0]"), check_positive_int(size[1], "size[1]"))
+    sigma = check_number(sigma, "sigma", low=0)
     smooth = gaussian_blur(theta, sigma)
     return F.interpolate(smooth, size=size, mode="bilinear", align_corners=False)[:, 0]
 
@@ -42,6 +51,10 @@ def smooth_mask_from_params(theta: torch.Tensor, size, sigma: float = 1.0) -> to
 def area_loss(mask: torch.Tensor, area: float) -> torch.Tensor:
     """Per-image mean squared distance (B,) between sorted mask values and the reference vector
     with a fraction ``area`` of ones (sorted ascending: zeros first)."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim < 2 or not mask.is_floating_point():
+        raise ValueError(f"mask must be a floating-point (B, H, W) tensor, got "
+                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    check_probability(area, "area", open_left=False)
     flat = mask.flatten(1)
     d = flat.shape[1]
     ones = int(round(area * d))
@@ -60,15 +73,16 @@ def _contrastive(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def smooth_pixel_mask(model, x, target=None, area: float = 0.1, iterations: int = 300, grid: int = 32,
                       sigma: float = 1.0, lr: float = 0.05, weight_start: float = 10.0, weight_end: float = 300.0,
                       progress: bool = False) -> torch.Tensor:
-    """Smooth preservation mask (B, H, W) with area ``area`` for ``target`` (default: top-1)."""
-    check_model(model)
-    check_images(x)
+    """Smooth preservation mask (B, H, W) with area ``area`` for ``target`` (default: top-1).
+    Every real option must be finite; x is cast to the model's dtype first."""
+    x = model_input(model, x)
     check_probability(area, "area")
     check_positive_int(iterations, "iterations")
     check_positive_int(grid, "grid")
-    if not (sigma >= 0 and lr > 0 and 0 < weight_start <= weight_end):
-        raise ValueError("need sigma >= 0, lr > 0 and 0 < weight_start <= weight_end, "
-                         f"got sigma={sigma}, lr={lr}, weight_start={weight_start}, weight_end={weight_end}")
+    sigma = check_number(sigma, "sigma", low=0)
+    lr = check_number(lr, "lr", low=0, low_open=True)
+    weight_start = check_number(weight_start, "weight_start", low=0, low_open=True)
+    weight_end = check_number(weight_end, "weight_end", low=weight_start)
     target = resolve_target(model, x, target)
     b, _, h, w = x.shape
     x = x.detach()
@@ -93,4 +107,4 @@ def smooth_pixel_mask(model, x, target=None, area: float = 0.1, iterations: int 
             with torch.no_grad():
                 theta.clamp_(0, 1)
     with torch.no_grad():
-        return smooth_mask_from_params(theta, (h, w), sigma).to(x.dtype)
+        return check_maps(smooth_mask_from_params(theta, (h, w), sigma).to(x.dtype), x, "smooth_pixel_mask")

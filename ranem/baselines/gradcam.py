@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranem.baselines._common import check_images, check_model, frozen, pick, resolve_target
+from ranem.baselines._common import check_maps, check_model, frozen, model_input, pick, resolve_target
 
 __all__ = ["grad_cam_pp", "find_target_layer", "hooked_activation"]
 
@@ -112,9 +112,9 @@ def cam_from_gradients(act: torch.Tensor, grad: torch.Tensor, eps: float = 1e-7)
 
 
 def grad_cam_pp(model, x, target=None, layer=None) -> torch.Tensor:
-    """Grad-CAM++ maps (B, H, W) of ``target`` (default: top-1) at the input resolution."""
-    check_model(model)
-    check_images(x)
+    """Grad-CAM++ maps (B, H, W) of ``target`` (default: top-1) at the input resolution; x is cast
+    to the model's dtype first."""
+    x = model_input(model, x)
     module = _resolve_layer(model, layer)
     target = resolve_target(model, x, target)
     with frozen(model), torch.enable_grad(), hooked_activation(module) as hook:
@@ -126,4 +126,5 @@ def grad_cam_pp(model, x, target=None, layer=None) -> torch.Tensor:
         grad, = torch.autograd.grad(pick(logits, target).sum(), act)
     fmap, fgrad = _as_feature_map(act.detach(), model), _as_feature_map(grad, model)
     cam = cam_from_gradients(fmap.float(), fgrad.float())
-    return F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].to(x.dtype)
+    cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return check_maps(cam.to(x.dtype), x, "grad_cam_pp")

@@ -12,6 +12,9 @@ held against the paper's:
 
 Grad-SHAP is random (Captum draws from the global torch and NumPy generators); ``seed`` makes it
 repeatable without disturbing the caller's random state.
+
+Images are cast to the model's parameter dtype first (the rule of ``ranem.baselines._common``);
+a map that comes out NaN or inf (non-finite model outputs) raises a ValueError.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ import numpy as np
 import torch
 from captum.attr import GradientShap, IntegratedGradients, Saliency
 
-from ranem.baselines._common import check_images, check_model, check_positive_int, checked_forward, frozen
-from ranem.baselines._common import resolve_target
+from ranem.baselines._common import check_maps, check_number, check_positive_int, checked_forward, frozen
+from ranem.baselines._common import model_input, resolve_target
 
 __all__ = ["saliency", "integrated_gradients", "gradient_shap"]
 
@@ -45,18 +48,18 @@ def _seeded(seed: int | None, device: torch.device):
 
 
 def _prepare(model, x, target):
-    check_model(model)
-    check_images(x)
-    return resolve_target(model, x, target)
+    """(x in the model's dtype, the (B,) target)."""
+    x = model_input(model, x)
+    return x, resolve_target(model, x, target)
 
 
 def saliency(model, x, target=None) -> torch.Tensor:
     """|d logit_target / d x| averaged over channels (Simonyan et al., 2014). One backward pass."""
-    target = _prepare(model, x, target)
+    x, target = _prepare(model, x, target)
     with frozen(model), torch.enable_grad():
         inputs = x.detach().clone().requires_grad_(True)
         attr = Saliency(checked_forward(model, target)).attribute(inputs, target=target, abs=True)
-    return attr.mean(dim=1).detach()
+    return check_maps(attr.mean(dim=1).detach(), x, "saliency")
 
 
 def integrated_gradients(model, x, target=None, steps: int = 50, internal_batch_size: int = 256) -> torch.Tensor:
@@ -65,25 +68,24 @@ def integrated_gradients(model, x, target=None, steps: int = 50, internal_batch_
     image, in chunks of ``internal_batch_size`` inputs to bound memory."""
     check_positive_int(steps, "steps")
     check_positive_int(internal_batch_size, "internal_batch_size")
-    target = _prepare(model, x, target)
+    x, target = _prepare(model, x, target)
     with frozen(model), torch.enable_grad():
         attr = IntegratedGradients(checked_forward(model, target)).attribute(
             x.detach().clone(), baselines=torch.zeros_like(x[:1]), target=target, n_steps=steps,
             internal_batch_size=max(internal_batch_size, x.shape[0]))
-    return attr.mean(dim=1).clamp(min=0).detach()
+    return check_maps(attr.mean(dim=1).clamp(min=0).detach(), x, "integrated_gradients")
 
 
 def gradient_shap(model, x, target=None, samples: int = 5, stdev: float = 0.1, seed: int | None = 0) -> torch.Tensor:
     """Expected gradients times (x - baseline) over noisy points between a zero baseline and x
     (Lundberg and Lee, 2017), channel mean, clamped at 0. ``samples`` forward+backward per image."""
     check_positive_int(samples, "samples")
-    if not isinstance(stdev, (int, float)) or isinstance(stdev, bool) or stdev < 0:
-        raise ValueError(f"stdev must be a number >= 0, got {stdev!r}")
+    stdev = check_number(stdev, "stdev", low=0)
     if seed is not None:
         check_positive_int(seed, "seed", minimum=0)
-    target = _prepare(model, x, target)
+    x, target = _prepare(model, x, target)
     with frozen(model), torch.enable_grad(), _seeded(seed, x.device):
         attr = GradientShap(checked_forward(model, target)).attribute(
             x.detach().clone(), baselines=torch.zeros_like(x[:1]), target=target, n_samples=samples,
-            stdevs=float(stdev))
-    return attr.mean(dim=1).clamp(min=0).detach()
+            stdevs=stdev)
+    return check_maps(attr.mean(dim=1).clamp(min=0).detach(), x, "gradient_shap")

@@ -30,9 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ranem.baselines._common import check_images, check_model, check_positive_int, checked_forward, frozen
-from ranem.baselines._common import gaussian_blur
-from ranem.baselines._common import resolve_target
+from ranem.baselines._common import check_images, check_maps, check_number, check_positive_int, checked_forward
+from ranem.baselines._common import frozen, gaussian_blur, model_input, resolve_target
 
 __all__ = ["iba", "input_statistics", "bottleneck_capacity"]
 
@@ -40,6 +39,7 @@ __all__ = ["iba", "input_statistics", "bottleneck_capacity"]
 def input_statistics(images: torch.Tensor, min_std: float = 0.01):
     """Per-pixel mean and std (C, H, W) over a set of normalised images (N, C, H, W)."""
     check_images(images, "images")
+    min_std = check_number(min_std, "min_std", low=0, low_open=True)
     if images.shape[0] < 2:
         raise ValueError(f"images must hold at least 2 images to estimate a std, got {images.shape[0]}")
     return images.mean(dim=0), images.std(dim=0).clamp(min=min_std)
@@ -51,6 +51,9 @@ def _sample_statistics(x: torch.Tensor, min_std: float):
 
 def bottleneck_capacity(lam: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """KL( N(lam r, (1 - lam)^2) || N(0, 1) ) per value, in nats."""
+    for t, name in ((lam, "lam"), (r, "r")):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {type(t).__name__}")
     var = (1 - lam).pow(2).clamp(min=1e-12)
     return 0.5 * (var + (lam * r).pow(2) - 1 - var.log())
 
@@ -65,6 +68,8 @@ def _check_stats(stats, x):
     except RuntimeError:
         raise ValueError(f"stats must broadcast to x's shape {tuple(x.shape)}, got {tuple(mean.shape)} "
                          f"and {tuple(std.shape)}") from None
+    if not bool(torch.isfinite(mean).all()) or not bool(torch.isfinite(std).all()):
+        raise ValueError("stats: mean and std must be finite (no NaN or inf)")
     if bool((std <= 0).any()):
         raise ValueError("stats: every std must be > 0")
     return mean, std
@@ -73,16 +78,22 @@ def _check_stats(stats, x):
 def iba(model, x, target=None, beta: float = 10.0, steps: int = 10, draws: int = 10, lr: float = 1.0,
         sigma: float = 1.0, initial_alpha: float = 5.0, stats=None, min_std: float = 0.01,
         seed: int = 0) -> torch.Tensor:
-    """Per-sample input bottleneck attribution (B, H, W) in bits, for ``target`` (default: top-1)."""
-    check_model(model)
-    check_images(x)
+    """Per-sample input bottleneck attribution (B, H, W) in bits, for ``target`` (default: top-1).
+    Every real option must be finite; x is cast to the model's dtype first."""
+    x = model_input(model, x)
     check_positive_int(steps, "steps")
     check_positive_int(draws, "draws")
     check_positive_int(seed, "seed", minimum=0)
-    if not (beta >= 0 and lr > 0 and sigma >= 0):
-        raise ValueError(f"need beta >= 0, lr > 0 and sigma >= 0, got beta={beta}, lr={lr}, sigma={sigma}")
+    beta = check_number(beta, "beta", low=0)
+    lr = check_number(lr, "lr", low=0, low_open=True)
+    sigma = check_number(sigma, "sigma", low=0)
+    initial_alpha = check_number(initial_alpha, "initial_alpha")
+    min_std = check_number(min_std, "min_std", low=0, low_open=True)
     target = resolve_target(model, x, target)
     x = x.detach()
+    if stats is None and x.shape[2] * x.shape[3] < 2:
+        raise ValueError(f"per-sample statistics need at least 2 pixels per image, got {tuple(x.shape[2:])}; "
+                         "pass stats=(mean, std)")
     mean, std = _sample_statistics(x, min_std) if stats is None else _check_stats(stats, x)
     mean, std = mean.expand_as(x), std.expand_as(x)
     r = (x - mean) / std
@@ -109,4 +120,4 @@ def iba(model, x, target=None, beta: float = 10.0, steps: int = 10, draws: int =
             optimiser.step()
     with torch.no_grad():
         capacity = bottleneck_capacity(lam_of(alpha).float(), r.float())
-    return (capacity.sum(dim=1) / math.log(2)).to(x.dtype)
+    return check_maps((capacity.sum(dim=1) / math.log(2)).to(x.dtype), x, "iba")

@@ -27,8 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ranem.baselines._common import check_images, check_model, check_positive_int, check_probability, frozen, pick
-from ranem.baselines._common import resolve_target
+from ranem.baselines._common import check_device, check_maps, check_number, check_positive_int, check_probability
+from ranem.baselines._common import frozen, model_input, pick, resolve_target
 
 __all__ = ["rise", "rise_masks", "MASK_BLOCK"]
 
@@ -41,9 +41,16 @@ def rise_masks(n: int, size, grid: int = 7, p: float = 0.5, generator: torch.Gen
     check_positive_int(n, "n")
     check_positive_int(grid, "grid")
     check_probability(p, "p")
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise ValueError(f"size must be an int or a pair (H, W), got {size!r}")
+    h, w = size
     check_positive_int(h, "size[0]")
     check_positive_int(w, "size[1]")
+    device = check_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
     cell_h, cell_w = math.ceil(h / grid), math.ceil(w / grid)
     cells = (torch.rand(n, 1, grid, grid, generator=generator, device=gen_device) < p).to(dtype)
@@ -60,10 +67,12 @@ def rise_masks(n: int, size, grid: int = 7, p: float = 0.5, generator: torch.Gen
 @torch.no_grad()
 def rise(model, x, target=None, masks: int = 4096, grid: int = 7, p: float = 0.5, batch_size: int = 256,
          seed: int = 0, baseline: float = 0.0, normalise: str = "coverage", progress: bool = False) -> torch.Tensor:
-    """RISE saliency (B, H, W) of ``target`` (default: top-1): ``masks`` forwards per image."""
-    check_model(model)
-    check_images(x)
+    """RISE saliency (B, H, W) of ``target`` (default: top-1): ``masks`` forwards per image.
+    ``baseline``: the value of hidden pixels (finite). x is cast to the model's dtype first."""
+    x = model_input(model, x)
     check_positive_int(masks, "masks")
+    check_positive_int(grid, "grid")
+    baseline = check_number(baseline, "baseline")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(seed, "seed", minimum=0)
     check_probability(p, "p")
@@ -95,4 +104,4 @@ def rise(model, x, target=None, masks: int = 4096, grid: int = 7, p: float = 0.5
                 saliency += score @ m.flatten(1).float()
             coverage += block.flatten(1).float().sum(0)
     denominator = coverage.clamp(min=1e-12) if normalise == "coverage" else masks * p
-    return (saliency / denominator).view(b, h, w).to(x.dtype)
+    return check_maps((saliency / denominator).view(b, h, w).to(x.dtype), x, "rise")

@@ -39,7 +39,10 @@ def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     if images.dtype == torch.uint8:
         x = images.float().div_(255.0)
     elif images.is_floating_point():
-        # A second normalisation is the classic silent bug: refuse values outside [0, 1].
+        # A second normalisation is the classic silent bug: refuse values outside [0, 1]. NaN
+        # compares False with both bounds, so finiteness is checked on its own.
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("float images must be finite (no NaN or inf) and lie in [0, 1]")
         if images.numel() and (float(images.min()) < 0.0 or float(images.max()) > 1.0):
             raise ValueError("float images must lie in [0, 1] (are they normalised already?)")
         x = images.float()

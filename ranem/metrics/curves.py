@@ -18,6 +18,11 @@ through the model together, so the cost is that of the forwards, whatever B and 
 Besides the ``batch_size`` masked images of a chunk, memory holds one substrate image per image and
 curve kind and one int32 rank per pixel. The rows whose masked image is x itself (the last
 insertion point, the first deletion point) reuse the clean forward that picks the target class.
+
+Inputs are checked before any forward: x must be finite (a NaN image has no score) and is cast to
+the model's parameter dtype (the package's dtype rule, ``ranem.baselines._common.model_input``);
+attributions must be finite; a model whose outputs are NaN or inf raises instead of giving NaN
+curves.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import math
 
 import torch
 
-from ranem.ops import get_substrate
+from ranem.ops import _check_device, _check_finite, _check_images, _replacement
 
 __all__ = [
     "insertion_curve",
@@ -44,21 +49,34 @@ _DEFAULT_SUBSTRATE = {"insertion": "blur", "deletion": "zeros"}
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_inputs(x, attribution) -> None:
+def _check_inputs(x, attribution, model=None) -> torch.Tensor:
+    """Check x and attribution; return x, cast to ``model``'s dtype when a model is given."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"x must be a 4-D float tensor (B, C, H, W), got shape {tuple(x.shape)}, {x.dtype}")
+    _check_images(x)
     if not isinstance(attribution, torch.Tensor):
         raise TypeError(f"attribution must be a torch.Tensor, got {type(attribution).__name__}")
     b, _, h, w = x.shape
     if tuple(attribution.shape) != (b, h, w):
         raise ValueError(f"attribution must have shape (B, H, W) = {(b, h, w)} to match x, "
                          f"got {tuple(attribution.shape)}")
+    if attribution.is_complex():
+        raise TypeError("attribution must hold real numbers (float, integer or bool), got a complex tensor")
     if attribution.is_floating_point() and not torch.isfinite(attribution).all():
         raise ValueError("attribution contains NaN or Inf; rankings of non-finite values are undefined")
     if b == 0:
         raise ValueError("x is an empty batch (B = 0)")
+    _check_finite(x, "x")
+    if model is None:
+        return x
+    if not callable(model):
+        raise TypeError(f"model must be a torch.nn.Module or a callable giving logits, got {type(model).__name__}")
+    if not isinstance(model, torch.nn.Module):  # a plain function: no parameters to read a dtype from
+        return x
+    from ranem.baselines._common import model_input  # lazy: ranem.metrics stays free of captum
+    return model_input(model, x)
 
 
 def _positive_int(value, name: str) -> int:
@@ -112,6 +130,8 @@ def _softmax_rows(model, inputs: torch.Tensor, expected_rows: int) -> torch.Tens
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != expected_rows:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"model must return logits of shape (batch, classes) = ({expected_rows}, K), got {shape}")
+    if not bool(torch.isfinite(out).all()):  # a NaN logit would give a NaN curve point
+        raise ValueError("model returned NaN or inf logits on these images (overflow?); the curve is undefined")
     return out.float().softmax(dim=1)
 
 
@@ -119,10 +139,13 @@ def _targets(target, probs_clean: torch.Tensor) -> torch.Tensor:
     b, k = probs_clean.shape
     if target is None:
         return probs_clean.argmax(dim=1)
-    t = torch.as_tensor(target, device=probs_clean.device)
-    if t.ndim == 0:
-        t = t.expand(b)
-    if t.shape != (b,) or t.is_floating_point() or t.dtype == torch.bool:
+    try:
+        t = torch.as_tensor(target, device=probs_clean.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"target must be None, an int or an integer tensor of shape ({b},), got {target!r}") from None
+    if t.ndim == 0 or tuple(t.shape) == (1,):  # one class for every image, as the baselines take it
+        t = t.reshape(()).expand(b)
+    if t.shape != (b,) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"target must be an int or an integer tensor of shape ({b},), got {target!r}")
     if (t < 0).any() or (t >= k).any():
         raise ValueError(f"target must lie in [0, {k}) (the model's classes), got {t.tolist()}")
@@ -133,6 +156,21 @@ def _autocast(enabled: bool, device: torch.device):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
+
+
+def _as_curve(curve) -> torch.Tensor:
+    try:
+        return torch.as_tensor(curve, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"curve must be a tensor or an array of numbers, got {type(curve).__name__}") from None
+
+
+def _check_curve_values(c: torch.Tensor) -> None:
+    # An area over a NaN point is no area: refuse it rather than return NaN.
+    if not (c.is_floating_point() or c.dtype in (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8)):
+        raise TypeError(f"curve must hold real numbers, got {c.dtype}")
+    if c.is_floating_point() and not bool(torch.isfinite(c).all()):
+        raise ValueError("curve must be finite (no NaN or inf)")
 
 
 # ----------------------------------------------------------------------------- core
@@ -152,7 +190,7 @@ def _scores(model, x, attribution, kinds, counts, substrates, target, batch_size
         clean_score = probs_clean.gather(1, tgt[:, None])[:, 0]
         ranks = _ranks(attribution.to(dev))
         # One substrate image per (kind slot, image), flattened as slot * B + image.
-        subs = torch.cat([get_substrate(name)(x, generator=generator) for name in substrates])
+        subs = torch.cat([_replacement(x, name, generator) for name in substrates])
         # Rows: image-major, so a chunk holds few images and the gathers stay local.
         k_slots, p = counts.shape[1], counts.shape[2]
         image = torch.arange(b, device=dev).view(b, 1, 1).expand(b, k_slots, p).reshape(-1)
@@ -173,7 +211,7 @@ def _scores(model, x, attribution, kinds, counts, substrates, target, batch_size
 
 def _curves(model, x, attribution, kinds, substrates, steps, pixels_per_step, target, batch_size,
             generator, autocast):
-    _check_inputs(x, attribution)
+    x = _check_inputs(x, attribution, model)
     h, w = x.shape[2:]
     if steps is None and pixels_per_step is None:
         pixels_per_step = w
@@ -207,9 +245,10 @@ def auc(curve, rule: str = "trapezoid"):
     They differ by ``(c_d - c_0) / (2d)``. Accepts a tensor or an array; returns the same kind.
     """
     is_tensor = isinstance(curve, torch.Tensor)
-    c = curve if is_tensor else torch.as_tensor(curve, dtype=torch.float64)
+    c = curve if is_tensor else _as_curve(curve)
     if c.ndim < 1 or c.shape[-1] < 2:
         raise ValueError(f"curve must have at least 2 points along its last axis, got shape {tuple(c.shape)}")
+    _check_curve_values(c)
     if rule == "trapezoid":
         area = (c.sum(-1) - 0.5 * (c[..., 0] + c[..., -1])) / (c.shape[-1] - 1)
     elif rule == "right":
@@ -244,6 +283,7 @@ def sample_points(d: int, n: int, batch: int = 1, scheme: str = "uniform", gener
     share of the points, so the estimate stays unbiased when d is not a multiple of n.
     """
     d, n, batch = _positive_int(d, "d"), _positive_int(n, "n"), _positive_int(batch, "batch")
+    device = _check_device(device)
     if n > d:
         raise ValueError(f"n must be at most d = {d} (sampling without replacement), got {n}")
     if scheme == "uniform":
@@ -265,9 +305,10 @@ def mc_estimate(curve, n: int, scheme: str = "uniform", generator=None, repeats:
     Returns (B,) for a (B, d+1) curve, or (repeats, B) independent estimates with ``repeats``.
     Its expectation is ``auc(curve, rule="right")``; with n = d it equals it exactly.
     """
-    c = torch.as_tensor(curve)
+    c = curve if isinstance(curve, torch.Tensor) else _as_curve(curve)
     if c.ndim != 2 or c.shape[1] < 2:
         raise ValueError(f"curve must have shape (B, d+1) with d >= 1, got {tuple(c.shape)}")
+    _check_curve_values(c)
     b, d = c.shape[0], c.shape[1] - 1
     r = 1 if repeats is None else _positive_int(repeats, "repeats")
     idx, wts = sample_points(d, n, batch=r * b, scheme=scheme, generator=generator, device=c.device)
@@ -289,7 +330,7 @@ def mc_auc(model, x, attribution, n: int, kind: str = "insertion", steps=None, p
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be 'insertion' or 'deletion', got {kind!r}")
-    _check_inputs(x, attribution)
+    x = _check_inputs(x, attribution, model)
     b, _, h, w = x.shape
     if steps is None and pixels_per_step is None:
         pixels_per_step = w
@@ -303,16 +344,41 @@ def mc_auc(model, x, attribution, n: int, kind: str = "insertion", steps=None, p
 
 
 def masked_images(x, attribution, k, kind: str = "insertion", substrate=None, generator=None) -> torch.Tensor:
-    """The images the curves score at pixel count ``k`` (an int or a (B,) tensor): x with only its
-    k most important pixels kept (insertion) or with them replaced (deletion)."""
+    """The images the curves score at pixel count ``k`` (an int or a (B,) integer tensor, each in
+    [0, H*W]): x with only its k most important pixels kept (insertion) or with them replaced
+    (deletion)."""
     if kind not in _KINDS:
         raise ValueError(f"kind must be 'insertion' or 'deletion', got {kind!r}")
     _check_inputs(x, attribution)
-    b = x.shape[0]
-    count = torch.as_tensor(k, device=x.device).long().expand(b).contiguous()
+    b, _, h, w = x.shape
+    count = _pixel_count_arg(k, b, h * w, x.device)
     substrate = _DEFAULT_SUBSTRATE[kind] if substrate is None else substrate
     with torch.no_grad():
-        subs = get_substrate(substrate)(x, generator=generator)
+        subs = _replacement(x, substrate, generator)
         image = torch.arange(b, device=x.device)
         deletion = torch.full((b,), kind == "deletion", device=x.device)
         return _compose(x, subs, _ranks(attribution.to(x.device)), image, count, deletion, image)
+
+
+def _pixel_count_arg(k, b: int, d: int, device) -> torch.Tensor:
+    """``k`` (an int, or a (B,) integer tensor) as a (B,) long tensor of counts in [0, d]. Floats,
+    NaN and counts outside [0, d] are refused: casting them would silently pick another count."""
+    if isinstance(k, torch.Tensor) and k.ndim > 0:
+        if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
+            raise ValueError(f"k must hold integers, got a {k.dtype} tensor")
+        if k.shape != (b,):
+            raise ValueError(f"k must be an int or a ({b},) tensor (one count per image), got shape {tuple(k.shape)}")
+        if bool((k < 0).any()) or bool((k > d).any()):
+            raise ValueError(f"every k must be in [0, {d}] (the pixel count), got values in "
+                             f"[{int(k.min())}, {int(k.max())}]")
+        return k.to(device=device, dtype=torch.long)
+    if isinstance(k, torch.Tensor):  # a 0-d tensor
+        if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
+            raise ValueError(f"k must be an integer, got a {k.dtype} tensor")
+        k = int(k.item())
+    if isinstance(k, bool) or not hasattr(k, "__index__"):
+        raise ValueError(f"k must be an integer in [0, {d}], got {k!r}")
+    k = int(k.__index__())
+    if not 0 <= k <= d:
+        raise ValueError(f"k must be in [0, {d}] (the pixel count), got {k}")
+    return torch.full((b,), k, dtype=torch.long, device=device)

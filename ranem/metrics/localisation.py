@@ -25,6 +25,8 @@ def _check(attribution, mask):
     for t, name in ((attribution, "attribution"), (mask, "mask")):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if attribution.is_complex():
+        raise TypeError("attribution must hold real numbers, got a complex tensor")
     if attribution.ndim != 3 or attribution.shape != mask.shape:
         raise ValueError("attribution and mask must both be (B, H, W) with the same shape, got "
                          f"{tuple(attribution.shape)} and {tuple(mask.shape)}")

@@ -18,6 +18,11 @@ An *explainer* here is any ``f(model, x, target=None) -> (B, H, W)`` (see ``rane
   encoder) is randomised and the trained decoder kept: the explainer receives the randomised model.
 - ``spearman``: rank correlation per row with average ranks for ties, batched (equals
   ``scipy.stats.spearmanr``; NaN when a row is constant, as scipy).
+
+Images are cast to the model's parameter dtype on entry (the package's dtype rule, see
+``ranem.baselines._common``). Every map an explainer returns must be a finite (n, H, W) tensor
+for its n images, else a ValueError names the explainer's fault: a NaN map would otherwise
+normalise to zeros and score as perfectly robust.
 """
 from __future__ import annotations
 
@@ -33,11 +38,15 @@ def _as_rows(t, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.ndim < 1 or t.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty batch (B, ...), got shape {tuple(t.shape)}")
+    if t.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got a complex tensor")
     return t.reshape(t.shape[0], -1) if t.ndim > 1 else t[None]
 
 
 def rank_average(v: torch.Tensor) -> torch.Tensor:
     """Ranks 1..n of each row of ``v`` (B, n), tied values sharing their average rank."""
+    if not isinstance(v, torch.Tensor) or v.ndim != 2 or v.is_complex():
+        raise ValueError(f"v must be a real (B, n) tensor, got {tuple(v.shape) if isinstance(v, torch.Tensor) else v!r}")
     b, n = v.shape
     s, order = v.sort(dim=1, stable=True)
     starts = torch.ones_like(s, dtype=torch.bool)
@@ -70,8 +79,12 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def normalise_maps(maps: torch.Tensor, how: str | None = "minmax") -> torch.Tensor:
     """Per-map normalisation: "minmax" to [0, 1] (constant maps -> 0), "max" divides by the largest
-    absolute value (Quantus's default), None leaves the maps as they are."""
-    flat = maps.reshape(maps.shape[0], -1).float()
+    absolute value (Quantus's default), None leaves the maps as they are. Maps must be finite."""
+    flat = _as_rows(maps, "maps").float()
+    if flat.shape[1] == 0:
+        raise ValueError(f"maps must hold at least one value per map, got shape {tuple(maps.shape)}")
+    if not bool(torch.isfinite(flat).all()):  # min/max over a NaN is NaN, and NaN > 0 is False
+        raise ValueError("maps must be finite (no NaN or inf) to be normalised")
     if how is None:
         return flat
     if how == "minmax":
@@ -84,17 +97,23 @@ def normalise_maps(maps: torch.Tensor, how: str | None = "minmax") -> torch.Tens
     raise ValueError(f"normalise must be 'minmax', 'max' or None, got {how!r}")
 
 
-def _check_common(explainer, model, x):
-    from ranem.baselines._common import check_images, check_model
+def _check_common(explainer, model, x) -> torch.Tensor:
+    """Check the arguments every metric takes; return x in the model's dtype."""
+    from ranem.baselines._common import model_input
     if not callable(explainer):
         raise TypeError(f"explainer must be callable f(model, x, target=None), got {type(explainer).__name__}")
-    check_model(model)
-    check_images(x)
+    return model_input(model, x)
 
 
 def _explain_in_batches(explainer, model, x, target, batch_size):
-    return torch.cat([explainer(model, x[i:i + batch_size], target[i:i + batch_size])
-                      for i in range(0, x.shape[0], batch_size)])
+    """The explainer's maps (B, H, W) for x, ``batch_size`` images per call, each result checked."""
+    from ranem.baselines._common import check_maps
+    name = getattr(explainer, "__name__", type(explainer).__name__)
+    maps = []
+    for i in range(0, x.shape[0], batch_size):
+        part = x[i:i + batch_size]
+        maps.append(check_maps(explainer(model, part, target[i:i + batch_size]), part, f"the explainer {name}"))
+    return torch.cat(maps)
 
 
 def avg_sensitivity(explainer, model, x, target=None, samples: int = 30, radius: float = 0.2, seed: int = 0,
@@ -105,12 +124,11 @@ def avg_sensitivity(explainer, model, x, target=None, samples: int = 30, radius:
     ``repredict``: explain the label the model predicts on each noisy input (the authors' choice);
     otherwise keep ``target``. ``batch_size`` inputs per explainer call (default: B).
     """
-    from ranem.baselines._common import check_positive_int, predict, resolve_target
-    _check_common(explainer, model, x)
+    from ranem.baselines._common import check_number, check_positive_int, predict, resolve_target
+    x = _check_common(explainer, model, x)
     check_positive_int(samples, "samples")
     check_positive_int(seed, "seed", minimum=0)
-    if not isinstance(radius, (int, float)) or not radius >= 0:
-        raise ValueError(f"radius must be a number >= 0, got {radius!r}")
+    radius = check_number(radius, "radius", low=0)
     normalise_maps(x[:1, 0], normalise)  # validates `normalise` early
     b = x.shape[0]
     batch_size = check_positive_int(batch_size or b, "batch_size")
@@ -140,9 +158,22 @@ def _reset_top_down(model, seed: int, start: int, stop: int | None) -> None:
             modules[j].reset_parameters()
 
 
+def _parametrised(model) -> int:
+    return sum(1 for m in model.modules() if hasattr(m, "reset_parameters"))
+
+
 def randomised_copy(model, seed: int = 0, layers: int | None = None):
     """Deep copy of ``model`` in eval mode with its ``layers`` top-most parametrised modules (all by
-    default) re-initialised by their own ``reset_parameters``, seeded."""
+    default; more than the model has means all) re-initialised by their own ``reset_parameters``,
+    seeded. A copy that would randomise nothing (layers < 1, or no module to reset) is refused:
+    a randomisation test would then pass a model that was never randomised."""
+    from ranem.baselines._common import check_model, check_positive_int
+    check_model(model)
+    check_positive_int(seed, "seed", minimum=0)
+    if layers is not None:
+        check_positive_int(layers, "layers")
+    if not _parametrised(model):
+        raise ValueError(f"{type(model).__name__} has no module with reset_parameters to randomise")
     clone = copy.deepcopy(model).eval()
     _reset_top_down(clone, seed, 0, layers)
     return clone
@@ -155,7 +186,9 @@ def mprt(explainer, model, x, target=None, seed: int = 0, per_layer: bool = Fals
     ``(last, layer_names, correlations (L, B))`` for the cascade, top layer first; its last row is
     the fully randomised model. ``abs=True`` ranks absolute attributions (Quantus's default)."""
     from ranem.baselines._common import check_positive_int, resolve_target
-    _check_common(explainer, model, x)
+    x = _check_common(explainer, model, x)
+    if x.shape[2] * x.shape[3] < 2:
+        raise ValueError(f"mprt correlates pixel rankings: x needs at least 2 pixels per image, got {tuple(x.shape[2:])}")
     check_positive_int(seed, "seed", minimum=0)
     batch_size = check_positive_int(batch_size or x.shape[0], "batch_size")
     names = [n for n, m in model.named_modules() if hasattr(m, "reset_parameters")][::-1]

@@ -43,11 +43,10 @@ def explain_time(explainer, model, x, repeats: int = 1, warmup: int = 1, batched
     ``batched``, ``batched_per_image`` (one call on the whole batch, divided by B) and
     ``images_per_second`` at that batch size.
     """
-    from ranem.baselines._common import check_images, check_model, check_positive_int
+    from ranem.baselines._common import check_positive_int, model_input
     if not callable(explainer):
         raise TypeError(f"explainer must be callable f(model, x, target=None), got {type(explainer).__name__}")
-    check_model(model)
-    check_images(x)
+    x = model_input(model, x)  # the package's dtype rule: x in the model's parameter dtype
     check_positive_int(repeats, "repeats")
     check_positive_int(warmup, "warmup", minimum=0)
 
@@ -85,11 +84,10 @@ def compare_times(explainers: dict, model, x, rounds: int = 3, warmup: int = 1) 
     several explainers, measured round-robin: every round times each explainer once on each image
     of ``x`` in turn, so a busy machine slows all of them alike instead of whichever ran during a
     burst. Returns ``{name: median seconds}``."""
-    from ranem.baselines._common import check_images, check_model, check_positive_int
+    from ranem.baselines._common import check_positive_int, model_input
     if not isinstance(explainers, dict) or not explainers or not all(callable(f) for f in explainers.values()):
         raise TypeError("explainers must be a non-empty dict {name: f(model, x, target=None)}")
-    check_model(model)
-    check_images(x)
+    x = model_input(model, x)
     check_positive_int(rounds, "rounds")
     check_positive_int(warmup, "warmup", minimum=0)
     times = {name: [] for name in explainers}
@@ -114,11 +112,13 @@ def evaluate(explainer, model, x, target=None, *, steps: int | None = None, robu
     deletion on zeros, ``steps`` points as ``ranem.metrics.faithfulness``); with ``robust`` > 0,
     ``sensitivity`` and ``randomisation`` (MPRT, fully randomised) on the first ``robust`` images;
     with ``time_images`` > 0, ``time`` = seconds per image at batch 1 (``explain_time``).
-    ``explain_batch`` bounds how many images one explainer call receives.
+    ``explain_batch`` bounds how many images one explainer call receives. x is cast to the model's
+    parameter dtype first; maps that are not finite (B, H, W) tensors raise a ValueError.
     """
     from ranem.baselines._common import check_positive_int, resolve_target
     from ranem.metrics.curves import faithfulness
-    from ranem.metrics.robustness import _explain_in_batches, avg_sensitivity, mprt
+    from ranem.metrics.robustness import _check_common, _explain_in_batches, avg_sensitivity, mprt
+    x = _check_common(explainer, model, x)
     check_positive_int(explain_batch, "explain_batch")
     check_positive_int(robust, "robust", minimum=0)
     check_positive_int(time_images, "time_images", minimum=0)
@@ -166,6 +166,8 @@ def wilcoxon(a, b) -> WilcoxonResult:
     a, b = _as_array(a, "a"), _as_array(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must be paired (same length), got {a.shape[0]} and {b.shape[0]}")
+    if np.isinf(a).any() or np.isinf(b).any():  # NaN marks a missing pair; inf has no rank difference
+        raise ValueError("a and b must not contain inf (NaN pairs are dropped)")
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
     if a.size == 0:
@@ -273,6 +275,8 @@ def results_table(results: dict, metrics=None, reference: str | None = "best") -
         for method in methods:
             a, b = values[method, metric], values[ref, metric]
             if method == ref or a.size < 2 or a.shape != b.shape:
+                continue
+            if not np.any(~np.isnan(a) & ~np.isnan(b)):  # e.g. MPRT of constant maps: nothing to test
                 continue
             if direction == 0:
                 a, b = np.abs(a), np.abs(b)
