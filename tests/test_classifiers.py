@@ -16,7 +16,7 @@ import torch
 from ranem import classifiers, config, data
 from ranem.classifiers import accuracy, cache_key, classifier_spec, create_classifier, get_classifier, predict
 
-TINY = dict(cnn="test_resnet", vit="test_vit", vit_kwargs={"img_size": 16, "patch_size": 8},
+TINY = dict(cnn="test_resnet", synthetic_cnn="test_resnet", vit="test_vit", vit_kwargs={"img_size": 16, "patch_size": 8},
             synthetic_size=16, synthetic_train=48, synthetic_val=16, image_size=16,
             imagenette_train=40, imagenette_val=20, classifier_epochs=1, classifier_batch=16)
 
@@ -315,7 +315,7 @@ def test_key_follows_the_configuration(tiny):
     changed = [
         classifier_spec("cnn", "synthetic", config.settings("quick", **{**TINY, "classifier_epochs": 2})),
         classifier_spec("cnn", "synthetic", config.settings("quick", **{**TINY, "synthetic_train": 50})),
-        classifier_spec("cnn", "synthetic", config.settings("quick", **{**TINY, "cnn": "resnet10t"})),
+        classifier_spec("cnn", "synthetic", config.settings("quick", **{**TINY, "synthetic_cnn": "resnet10t"})),
         classifier_spec("cnn", "imagenette", tiny),
         classifier_spec("vit", "synthetic", tiny),
     ]
@@ -346,3 +346,9 @@ def test_a_stale_lock_from_a_dead_process_is_taken_over(tiny, cache, count_train
     (cache / f"{key}.lock").write_text(f"{socket.gethostname()} {dead.pid}")
     get_classifier("cnn", "synthetic", settings=tiny, progress=False)
     assert len(count_training) == 1 and not (cache / f"{key}.lock").exists()
+
+
+def test_the_synthetic_cnn_is_its_own_architecture():
+    s = config.settings("cpu")
+    assert classifier_spec("cnn", "synthetic", s)["name"] == s.synthetic_cnn == "resnet10t"
+    assert classifier_spec("cnn", "imagenette", s)["name"] == s.cnn

@@ -73,3 +73,14 @@ def test_data_root_and_cache(monkeypatch, tmp_path):
     assert config.cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("RANEM_DATA")
     assert config.data_root() == config.PROJECT_ROOT / "data"
+
+
+def test_every_mode_can_run_offline():
+    """cpu mode's CNN comes from a wheel; gpu mode's hub CNN has a wheel to fall back on."""
+    from ranem.classifiers import WHEEL_ARCHITECTURES
+    cpu, gpu = config.settings("cpu"), config.settings("gpu")
+    assert cpu.cnn in WHEEL_ARCHITECTURES and cpu.pretrained == ("cnn",)
+    assert gpu.cnn_offline in WHEEL_ARCHITECTURES and config.image_size_for("cnn", gpu) == 224
+    assert config.image_size_for("vit", cpu) == 64 and config.image_size_for("cnn", cpu) == 144
+    with pytest.raises(ValueError, match="pretrained must be a tuple"):
+        config.settings("cpu", pretrained=True)
