@@ -140,3 +140,11 @@ def test_compare_times_is_round_robin_and_returns_medians():
     assert set(out) == {"a", "b"} and all(v > 0 for v in out.values())
     with pytest.raises(TypeError, match="explainers"):
         compare_times({}, model, x)
+
+
+def test_results_table_skips_the_test_when_no_pair_is_defined():
+    from ranem.metrics import results_table
+    nan = float("nan")
+    table = results_table({"A": {"randomisation": [nan, nan, nan]}, "B": {"randomisation": [0.1, 0.2, 0.3]}},
+                          reference="B")
+    assert math.isnan(table.mean["A", "randomisation"]) and ("A", "randomisation") not in table.pvalue
