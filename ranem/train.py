@@ -334,7 +334,8 @@ def get_nem(kind: str = "ranem", classifier_kind: str = "cnn", dataset: str = "i
     from ranem.classifiers import get_classifier
     s = settings if settings is not None else config.settings()
     clf = get_classifier(classifier_kind, dataset, settings=s, progress=progress, device=device)
-    spec = nem_spec(kind, clf.ranem_info["key"], dataset, s, **options)
+    # The NEM trains at the size its classifier is fed (the ViT's can differ from the CNN's).
+    spec = nem_spec(kind, clf.ranem_info["key"], dataset, s, **{"image_size": clf.ranem_info["image_size"], **options})
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     folder = config.cache_dir() / "nems" / f"{clf.ranem_info['key']}-{kind}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
