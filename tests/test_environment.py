@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def pyproject_requirements() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
-    for extra in ("book", "test"):
+    for extra in ("book", "test", "lite"):
         reqs += project["optional-dependencies"][extra]
     return {r.replace(" ", "") for r in reqs}
 
