@@ -39,7 +39,7 @@ CACHE_VERSION = 1
 KINDS = ("cnn", "vit")
 DATASETS = ("imagenette", "synthetic")
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED = 0, 1
-# The recipe calibrated on 2 cores (REFERENCE.md section 7); crop_pad adds random translations.
+# The recipe calibrated on 2 cores (resnet10t, 64 px: 78% in 6 epochs); crop_pad adds random translations.
 RECIPE = dict(lr=2e-3, weight_decay=0.05, label_smoothing=0.1, crop_pad=4, seed=0)
 # A ViT trained from scratch stalls at the CNN's learning rate (26% after 4 of 6 epochs at 64 px):
 # a lower peak and gradient clipping, as ViT recipes use.

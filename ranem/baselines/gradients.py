@@ -1,6 +1,6 @@
 """Gradient-family baselines through Captum: Saliency, Integrated Gradients, Grad-SHAP.
 
-Settings follow what the Ra-NEM authors ran (REFERENCE.md section 2), so that our numbers can be
+Settings follow what the Ra-NEM authors ran (their published code), so that our numbers can be
 held against the paper's:
 
 - Saliency: Captum's default ``abs=True`` (absolute input gradient), then the mean over channels.
