@@ -35,7 +35,7 @@ except ImportError:  # Windows: byte-range locks through msvcrt
     fcntl = None
     import msvcrt
 
-__all__ = ["atomic_write", "training_lock", "CacheError", "file_sha256", "tensors_sha256", "read_json",
+__all__ = ["atomic_write", "training_lock", "CacheError", "file_sha256", "tensors_sha256", "content_sha256", "read_json",
            "read_safetensors", "check_sha256"]
 
 TMP_MAX_AGE_S = 3600  # no cached file takes an hour to write: an older temporary one is left by a kill
@@ -170,6 +170,13 @@ def tensors_sha256(tensors: dict) -> str:
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def content_sha256(tensors: dict, meta: dict) -> str:
+    """SHA-256 (hex) of a safetensors file's content: its tensors and its (JSON) metadata, so that
+    neither a weight nor a recorded number (config, history) can change unnoticed."""
+    text = json.dumps(meta, sort_keys=True)
+    return hashlib.sha256(f"{tensors_sha256(tensors)}:{text}".encode()).hexdigest()
 
 
 def read_json(path, rebuild: str) -> dict:

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from ranem import ops
 from ranem.baselines._common import check_maps, model_input
 from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ranem.cache import CacheError, atomic_write, read_safetensors, tensors_sha256
+from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors
 
 __all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS", "classifier_fingerprint"]
 FORMAT = "ranem-nem/1"
@@ -346,8 +346,8 @@ class NEM(nn.Module):
         tensors.update({f"history.{k}": v.detach().cpu().contiguous()
                         for k, v in self.history.items() if isinstance(v, torch.Tensor)})
         meta = {"format": FORMAT, "kind": self.kind, "config": self.config,
-                "fingerprint": classifier_fingerprint(self.classifier), "history": history,
-                "tensors_sha256": tensors_sha256(tensors)}  # checked by load: a flipped bit is refused
+                "fingerprint": classifier_fingerprint(self.classifier), "history": history}
+        meta["sha256"] = content_sha256(tensors, meta)  # checked by load: one flipped bit is refused
         text = json.dumps(meta)
         atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"ranem": text}))
         atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
@@ -390,16 +390,16 @@ def _read_nem_file(path: Path) -> tuple[dict, dict]:
         meta = json.loads(header.get("ranem", "{}"))
     except json.JSONDecodeError as err:
         raise CacheError(f"{path} has an unreadable ranem header ({err}); {rebuild}") from err
-    found = meta.get("format") if isinstance(meta, dict) else None
-    if found != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
         raise ValueError(f"{path} is not a ranem NEM checkpoint (format {found!r})")
+    digest = meta.pop("sha256", None)  # absent in files saved before digests were recorded
+    if digest is not None and content_sha256(tensors, meta) != digest:
+        raise CacheError(f"{path}: its content does not match the SHA-256 recorded when it was saved (a changed "
+                         f"or corrupted file); {rebuild}")
     if meta.get("kind") not in KINDS or not isinstance(meta.get("config"), dict):
         raise CacheError(f"{path} names NEM kind {meta.get('kind')!r} with config {meta.get('config')!r}; "
                          f"known kinds are {sorted(KINDS)}")
-    digest = meta.get("tensors_sha256")  # absent in files saved before digests were recorded
-    if digest is not None and tensors_sha256(tensors) != digest:
-        raise CacheError(f"{path}: its weights do not match the SHA-256 recorded when it was saved (a changed or "
-                         f"corrupted file); {rebuild}")
     return meta, tensors
 
 

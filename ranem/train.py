@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from ranem import config
-from ranem.cache import CacheError, atomic_write, read_safetensors, tensors_sha256, training_lock
+from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors, training_lock
 from ranem.data.transforms import normalize
 from ranem.nem import KINDS, NEM, classifier_fingerprint
 
@@ -95,7 +95,7 @@ def _decode(obj, tensors: dict):
 
 
 def _write_atomic(path: Path, tensors: dict, meta: dict) -> None:
-    meta = {**meta, "tensors_sha256": tensors_sha256(tensors)}  # resume refuses a changed file
+    meta = {**meta, "sha256": content_sha256(tensors, meta)}  # resume refuses a changed file
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"ranem": json.dumps(meta)}))
 
 
@@ -129,7 +129,8 @@ def _load_checkpoint(path, nem, run) -> tuple[int, dict]:
         meta = json.loads(header.get("ranem", "{}"))
     except json.JSONDecodeError as err:
         raise CacheError(f"checkpoint {path} has an unreadable header ({err})") from err
-    if "tensors_sha256" in meta and tensors_sha256(tensors) != meta["tensors_sha256"]:
+    digest = meta.pop("sha256", None)
+    if digest is not None and content_sha256(tensors, meta) != digest:
         raise CacheError(f"checkpoint {path} does not match the SHA-256 recorded when it was written")
     if meta.get("format") != CKPT_FORMAT:
         raise ValueError(f"{path} is not a ranem training checkpoint")

@@ -11,7 +11,8 @@ from safetensors import safe_open
 import torch
 
 from ranem import config
-from ranem.cache import CacheError, check_sha256, file_sha256, read_json, read_safetensors, tensors_sha256
+from ranem.cache import (CacheError, check_sha256, content_sha256, file_sha256, read_json, read_safetensors,
+                         tensors_sha256)
 from ranem.classifiers import get_classifier
 from ranem.nem import NEM, NEMt, RaNEM
 from ranem.train import train
@@ -110,6 +111,22 @@ def test_a_flipped_byte_in_nem_weights_is_refused(classifier, saved_nem):
         NEM.load(saved_nem, classifier)
 
 
+def test_no_single_flipped_byte_of_a_nem_file_goes_unnoticed(classifier, saved_nem):
+    """Bytes of the header (config, history, fingerprint) and of the weights, flipped one at a time:
+    every damaged file is refused with a clear error, none loads."""
+    good = saved_nem.read_bytes()
+    (header_len,) = struct.unpack("<Q", good[:8])
+    rng = torch.Generator().manual_seed(0)
+    header = torch.randint(8, 8 + header_len, (120,), generator=rng).tolist()
+    weights = torch.randint(8 + header_len, len(good), (40,), generator=rng).tolist()
+    for i in [0, 3, 7] + header + weights:
+        damaged = bytearray(good)
+        damaged[i] ^= 0xFF
+        saved_nem.write_bytes(bytes(damaged))
+        with pytest.raises((CacheError, ValueError)):
+            NEM.load(saved_nem, classifier)
+
+
 def test_a_truncated_nem_file_is_named(classifier, saved_nem):
     truncate(saved_nem, 0.7)
     with pytest.raises(CacheError, match=r"nem\.safetensors cannot be read"):
@@ -121,7 +138,8 @@ def _rewrite_meta(path, change):
         meta = json.loads(f.metadata()["ranem"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     change(meta)
-    meta["tensors_sha256"] = tensors_sha256(tensors)  # a crafted file can carry a matching digest
+    meta.pop("sha256")
+    meta["sha256"] = content_sha256(tensors, meta)  # a crafted file can carry a matching digest
     safetensors.torch.save_file(tensors, str(path), metadata={"ranem": json.dumps(meta)})
 
 
@@ -144,6 +162,16 @@ def test_an_unknown_nem_kind_is_refused(classifier, saved_nem):
         NEM.load(saved_nem, classifier)
 
 
+def test_a_changed_number_in_the_history_is_refused(classifier, saved_nem):
+    _rewrite_meta(saved_nem, lambda meta: meta["history"].update(val_faithfulness=[0.9]))
+    raw = saved_nem.read_bytes()
+    fixed = raw.replace(b"[0.9]", b"[0.8]")
+    assert fixed != raw
+    saved_nem.write_bytes(fixed)
+    with pytest.raises(CacheError, match="content does not match"):
+        NEM.load(saved_nem, classifier)
+
+
 def test_the_constructor_checks_its_config_too(classifier):
     with pytest.raises(ValueError, match="decoder_channels"):
         NEMt(classifier, decoder_channels=(16, 0))
@@ -153,7 +181,7 @@ def test_the_constructor_checks_its_config_too(classifier):
 
 # ----------------------------------------------------------------------------- training checkpoints
 def test_a_corrupted_checkpoint_warns_and_training_starts_afresh(classifier, tmp_path):
-    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # one step per epoch
     options = dict(epochs=2, samples=2, batch_size=8, seed=1, progress=False)
     torch.manual_seed(0)
     reference = train(RaNEM(classifier), images, **options)
