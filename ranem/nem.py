@@ -16,15 +16,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ranem import ops
+from ranem.baselines._common import check_maps, model_input
 from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ranem.cache import atomic_write
+from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors
 
 __all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS", "classifier_fingerprint"]
 FORMAT = "ranem-nem/1"
+MAX_DECODER_WIDTH = 2048  # 8x the default's widest block: anything larger is a typo or a crafted file
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -217,6 +218,14 @@ def _eval(module: nn.Module):
         module.train(was)
 
 
+def _check_decoder_channels(widths) -> tuple[int, ...]:
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or not 1 <= len(widths) <= 8:
+        raise ValueError(f"decoder_channels must be a sequence of 1 to 8 block widths, got {widths!r}")
+    if not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_DECODER_WIDTH for w in widths):
+        raise ValueError(f"decoder_channels must hold ints in [1, {MAX_DECODER_WIDTH}], got {list(widths)}")
+    return tuple(widths)
+
+
 class NEM(nn.Module):
     """Common network of Ra-NEM and NEMt: frozen classifier (encoder) + trainable U-Net decoder.
     Subclasses define ``loss(x, generator, samples, substrate_mode)``."""
@@ -234,6 +243,9 @@ class NEM(nn.Module):
                 raise ValueError(f"substrates must be names among {sorted(ops.SUBSTRATES)}, got {s!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        decoder_channels = _check_decoder_channels(decoder_channels)
+        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+            raise TypeError(f"layers must be None or a list of module names (str), got {layers!r}")
         self.encoder = FrozenEncoder(classifier, layers)
         self.decoder = Decoder(self.encoder.channels, self.encoder.strides, tuple(decoder_channels), dropout)
         p = next(classifier.parameters(), None)
@@ -270,9 +282,11 @@ class NEM(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The classifier's logits and the attribution, from one forward (eval mode, no noise)."""
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or infinite values")
+        """The classifier's logits and the attribution, from one forward (eval mode, no noise).
+        x is checked like every explainer's input and cast to the classifier's dtype (the package's
+        dtype rule, ``ranem.baselines._common.model_input``)."""
+        self.check_input(x)  # the NEM's own message first: it names the channels the encoder takes
+        x = model_input(self.classifier, x)
         with _eval(self):
             return self(x)
 
@@ -280,7 +294,7 @@ class NEM(nn.Module):
         """Attribution (B, H, W), higher = more important, for the classifier's top-1 class."""
         logits, a = self.predict(x)
         self._check_target(target, logits)
-        return a
+        return check_maps(a, x, f"{type(self).__name__}.explain")
 
     def attribute(self, inputs: torch.Tensor, target=None) -> torch.Tensor:
         """Captum-style: attribution shaped like ``inputs`` (each pixel's value on every channel)."""
@@ -333,6 +347,7 @@ class NEM(nn.Module):
                         for k, v in self.history.items() if isinstance(v, torch.Tensor)})
         meta = {"format": FORMAT, "kind": self.kind, "config": self.config,
                 "fingerprint": classifier_fingerprint(self.classifier), "history": history}
+        meta["sha256"] = content_sha256(tensors, meta)  # checked by load: one flipped bit is refused
         text = json.dumps(meta)
         atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"ranem": text}))
         atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
@@ -345,11 +360,7 @@ class NEM(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no NEM checkpoint at {path}")
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("ranem", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a ranem NEM checkpoint (format {meta.get('format')!r})")
+        meta, tensors = _read_nem_file(path)
         target = KINDS[meta["kind"]]
         if cls is not NEM and cls is not target:
             raise ValueError(f"{path} holds a {meta['kind']} NEM, not a {cls.kind}; use {target.__name__}.load")
@@ -360,12 +371,36 @@ class NEM(nn.Module):
                     f"{path} was trained for classifier {theirs['name']} (weights sha256 "
                     f"{theirs['sha256'][:12]}), but the classifier given is {mine['name']} (sha256 "
                     f"{mine['sha256'][:12]}); a NEM only explains the classifier it was trained for")
-        nem = target(classifier, **meta["config"])
+        try:
+            nem = target(classifier, **meta["config"])
+        except (TypeError, ValueError) as err:
+            raise CacheError(f"{path} holds an invalid {meta['kind']} config {meta['config']!r}: {err}") from err
         dev = next(nem.decoder.parameters()).device
         nem.decoder.load_state_dict({k[8:]: v.to(dev) for k, v in tensors.items() if k.startswith("decoder.")})
         nem.history = dict(meta.get("history", {}))
         nem.history.update({k[8:]: v for k, v in tensors.items() if k.startswith("history.")})
         return nem
+
+
+def _read_nem_file(path: Path) -> tuple[dict, dict]:
+    """(metadata, tensors) of a file written by ``NEM.save``, its integrity and format checked."""
+    rebuild = "delete it and train the NEM again (for the book's NEMs, ranem.train.get_nem does that)"
+    tensors, header = read_safetensors(path, rebuild)
+    try:
+        meta = json.loads(header.get("ranem", "{}"))
+    except json.JSONDecodeError as err:
+        raise CacheError(f"{path} has an unreadable ranem header ({err}); {rebuild}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path} is not a ranem NEM checkpoint (format {found!r})")
+    digest = meta.pop("sha256", None)  # absent in files saved before digests were recorded
+    if digest is not None and content_sha256(tensors, meta) != digest:
+        raise CacheError(f"{path}: its content does not match the SHA-256 recorded when it was saved (a changed "
+                         f"or corrupted file); {rebuild}")
+    if meta.get("kind") not in KINDS or not isinstance(meta.get("config"), dict):
+        raise CacheError(f"{path} names NEM kind {meta.get('kind')!r} with config {meta.get('config')!r}; "
+                         f"known kinds are {sorted(KINDS)}")
+    return meta, tensors
 
 
 class RaNEM(NEM):

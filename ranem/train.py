@@ -14,17 +14,17 @@ import hashlib
 import io
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from prodigyopt import Prodigy
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from ranem import config
-from ranem.cache import atomic_write, training_lock
+from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors, training_lock
 from ranem.data.transforms import normalize
 from ranem.nem import KINDS, NEM, classifier_fingerprint
 
@@ -95,6 +95,7 @@ def _decode(obj, tensors: dict):
 
 
 def _write_atomic(path: Path, tensors: dict, meta: dict) -> None:
+    meta = {**meta, "sha256": content_sha256(tensors, meta)}  # resume refuses a changed file
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"ranem": json.dumps(meta)}))
 
 
@@ -123,9 +124,14 @@ def _save_checkpoint(path, nem, opt, sched, scaler, generator, shuffle, device, 
 
 
 def _load_checkpoint(path, nem, run) -> tuple[int, dict]:
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("ranem", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, header = read_safetensors(path, "resume is not possible")
+    try:
+        meta = json.loads(header.get("ranem", "{}"))
+    except json.JSONDecodeError as err:
+        raise CacheError(f"checkpoint {path} has an unreadable header ({err})") from err
+    digest = meta.pop("sha256", None)
+    if digest is not None and content_sha256(tensors, meta) != digest:
+        raise CacheError(f"checkpoint {path} does not match the SHA-256 recorded when it was written")
     if meta.get("format") != CKPT_FORMAT:
         raise ValueError(f"{path} is not a ranem training checkpoint")
     theirs = {k: v for k, v in meta["run"].items() if k != "epochs"}
@@ -136,6 +142,18 @@ def _load_checkpoint(path, nem, run) -> tuple[int, dict]:
     if meta["fingerprint"] != classifier_fingerprint(nem.classifier):
         raise ValueError(f"checkpoint {path} was trained for another classifier ({meta['fingerprint']['name']})")
     return meta["epoch"], _decode(meta["state"], tensors)
+
+
+def _resume_point(checkpoint, nem, run) -> tuple[int, dict | None]:
+    """(epoch, state) to resume from, or (0, None) to start afresh: without a checkpoint, or with
+    one that is truncated or corrupted (a checkpoint only saves time; warn and train from the start)."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return 0, None
+    try:
+        return _load_checkpoint(checkpoint, nem, run)
+    except CacheError as err:
+        warnings.warn(f"{err}: training starts again from epoch 0", stacklevel=3)
+        return 0, None
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -204,9 +222,8 @@ def train(nem: NEM, data, *, epochs: int | None = None, samples: int | None = No
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     history = {"step_loss": [], "epoch_loss": [], "val_faithfulness": [], "lr": [], "epoch_seconds": [],
                "p_masked": [], "samples": samples}
-    start = 0
-    if checkpoint is not None and resume and Path(checkpoint).is_file():
-        start, state = _load_checkpoint(checkpoint, nem, run)
+    start, state = _resume_point(checkpoint, nem, run) if resume else (0, None)
+    if state is not None:
         nem.decoder.load_state_dict(state["decoder"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

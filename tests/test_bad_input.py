@@ -248,3 +248,28 @@ def test_a_double_model_gets_double_images(x):
     model = tiny_cnn().double()
     assert model_input(model, x).dtype == torch.float64
     assert baselines.saliency(model, x).dtype == torch.float64
+
+
+@pytest.fixture(scope="module")
+def trained_nem():
+    import timm
+
+    from ranem.nem import RaNEM
+    torch.manual_seed(0)
+    return RaNEM(timm.create_model("test_resnet", num_classes=3).eval())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_nem_explainers_cast_images_to_the_classifiers_dtype(trained_nem, dtype):
+    low = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
+    got = baselines.ranem(trained_nem.classifier, low, nem=trained_nem)
+    assert got.dtype == torch.float32 and got.shape == (2, 32, 32)
+    torch.testing.assert_close(got, trained_nem.explain(low.float()))
+
+
+@pytest.mark.parametrize("bad, match", [(torch.zeros(0, 3, 32, 32), "at least one image"),
+                                        (with_nan(torch.zeros(1, 3, 32, 32)), "finite")])
+def test_nem_explainers_refuse_empty_and_non_finite_batches(trained_nem, bad, match):
+    for explain in (trained_nem.explain, lambda x: baselines.nemt(trained_nem.classifier, x, nem=trained_nem)):
+        with pytest.raises(ValueError, match=match):
+            explain(bad)

