@@ -148,10 +148,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
-def resolve_target(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
-    """Class index per image as a (B,) long tensor on x's device; ``None`` -> top-1 prediction."""
+def resolve_target(model: nn.Module, x: torch.Tensor, target, batch_size: int | None = None) -> torch.Tensor:
+    """Class index per image as a (B,) long tensor on x's device; ``None`` -> top-1 prediction
+    (``batch_size`` images per forward, default 256)."""
     if target is None:
-        return predict(model, x)
+        return predict(model, x, 256 if batch_size is None else check_positive_int(batch_size, "batch_size"))
     if isinstance(target, bool):
         raise TypeError("target must be None, an int, a sequence of ints or a (B,) integer tensor, got a bool")
     if not isinstance(target, torch.Tensor):

@@ -82,7 +82,7 @@ def smooth_pixel_mask(model, x, target=None, area: float = 0.1, iterations: int 
                    lr=check_number(lr, "lr", low=0, low_open=True))
     weight_start = check_number(weight_start, "weight_start", low=0, low_open=True)
     weight_end = check_number(weight_end, "weight_end", low=weight_start)
-    target = resolve_target(model, x, target)
+    target = resolve_target(model, x, target, batch_size)
     chunks = -(-x.shape[0] // check_positive_int(batch_size or x.shape[0], "batch_size"))
     with progress_bar(progress, iterations * chunks, "Smooth Pixel Mask") as bar:
         maps = chunked(lambda xb, tb, offset: _optimise(model, xb.detach(), tb, weight_start=weight_start,

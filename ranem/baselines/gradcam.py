@@ -116,7 +116,7 @@ def grad_cam_pp(model, x, target=None, layer=None, batch_size: int | None = None
     to the model's dtype first. ``batch_size`` images per forward/backward (None: all)."""
     x = model_input(model, x)
     module = _resolve_layer(model, layer)
-    target = resolve_target(model, x, target)
+    target = resolve_target(model, x, target, batch_size)
     return check_maps(chunked(lambda xb, tb, offset: _cam(model, module, xb, tb), x, target, batch_size),
                       x, "grad_cam_pp")
 

@@ -26,16 +26,16 @@ from ranem.baselines._common import image_generators, model_input, pick, progres
 __all__ = ["saliency", "integrated_gradients", "gradient_shap"]
 
 
-def _prepare(model, x, target):
+def _prepare(model, x, target, batch_size=None):
     """(x in the model's dtype, the (B,) target)."""
     x = model_input(model, x)
-    return x, resolve_target(model, x, target)
+    return x, resolve_target(model, x, target, batch_size)
 
 
 def saliency(model, x, target=None, batch_size: int | None = None) -> torch.Tensor:
     """``|d logit_target / d x|`` averaged over channels (Simonyan et al., 2014). One backward pass;
     ``batch_size`` images at a time (None: all)."""
-    x, target = _prepare(model, x, target)
+    x, target = _prepare(model, x, target, batch_size)
 
     def run(xb, tb, offset):
         with frozen(model), torch.enable_grad():
@@ -52,7 +52,7 @@ def integrated_gradients(model, x, target=None, steps: int = 50, internal_batch_
     all); ``progress`` ticks once per chunk of images."""
     check_positive_int(steps, "steps")
     check_positive_int(internal_batch_size, "internal_batch_size")
-    x, target = _prepare(model, x, target)
+    x, target = _prepare(model, x, target, batch_size)
     chunk = batch_size if batch_size is not None else x.shape[0]
     bar = progress_bar(progress, -(-x.shape[0] // check_positive_int(chunk, "batch_size")), "Integrated Gradients")
 
@@ -93,7 +93,7 @@ def gradient_shap(model, x, target=None, samples: int = 5, stdev: float = 0.1, s
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
     check_positive_int(seed, "seed", minimum=0)
-    x, target = _prepare(model, x, target)
+    x, target = _prepare(model, x, target, batch_size)
     chunk = batch_size if batch_size is not None else x.shape[0]
     bar = progress_bar(progress, -(-x.shape[0] // check_positive_int(chunk, "batch_size")), "Grad-SHAP")
 

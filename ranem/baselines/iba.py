@@ -93,7 +93,7 @@ def iba(model, x, target=None, beta: float = 10.0, steps: int = 10, draws: int =
                    sigma=check_number(sigma, "sigma", low=0), initial_alpha=check_number(initial_alpha, "initial_alpha"),
                    steps=steps, draws=draws, seed=seed)
     min_std = check_number(min_std, "min_std", low=0, low_open=True)
-    target = resolve_target(model, x, target)
+    target = resolve_target(model, x, target, batch_size)
     x = x.detach()
     if stats is None and x.shape[2] * x.shape[3] < 2:
         raise ValueError(f"per-sample statistics need at least 2 pixels per image, got {tuple(x.shape[2:])}; "

@@ -78,7 +78,7 @@ def rise(model, x, target=None, masks: int = 4096, grid: int = 7, p: float = 0.5
     check_probability(p, "p")
     if normalise not in ("coverage", "p"):
         raise ValueError(f"normalise must be 'coverage' or 'p', got {normalise!r}")
-    target = resolve_target(model, x, target)
+    target = resolve_target(model, x, target, batch_size)
     if x.shape[0] > batch_size:  # more images than one forward may hold: slices, same masks (same seed)
         return torch.cat([rise(model, x[i:i + batch_size], target[i:i + batch_size], masks, grid, p, batch_size,
                                seed, baseline, normalise, progress) for i in range(0, x.shape[0], batch_size)])
