@@ -59,8 +59,8 @@ class NEMAttribution(Attribution):
             raise ValueError("additional_forward_args must be None: a NEM's classifier takes the images only")
         x, as_tuple = _one_tensor(inputs)
         maps = self.nem.explain(x, target, batch_size=batch_size)
-        out = maps.to(x.dtype if x.is_floating_point() else maps.dtype).unsqueeze(1).expand(
-            x.shape[0], x.shape[1], *maps.shape[1:])
+        # A real copy per channel, not an expanded view: Captum's metrics .view() the result.
+        out = maps.to(x.dtype if x.is_floating_point() else maps.dtype).unsqueeze(1).repeat(1, x.shape[1], 1, 1)
         return (out,) if as_tuple else out
 
     def has_convergence_delta(self) -> bool:
