@@ -146,3 +146,24 @@ def test_quantus_explain_func_refuses_what_it_cannot_do(model, nem, x):
 def test_quantus_explain_func_takes_any_callable(model, x):
     a = quantus_explain_func(lambda m, xb, t: xb.abs().sum(1))(model, x.numpy(), None)
     np.testing.assert_allclose(a[:, 0], x.abs().sum(1).numpy(), rtol=1e-6)
+
+
+def test_quantus_pixel_flipping_scores_ranem_maps_as_ranems_deletion_curve():
+    # Quantus is optional (heavy: OpenCV, pandas, scikit-image, scikit-learn), so this runs where it
+    # is installed. With one channel (Quantus counts features per value, ranem per pixel), a zero
+    # baseline (ranem's "zeros" substrate) and softmax scores, Quantus's PixelFlipping curve is
+    # ranem's deletion curve without its first point (the clean image).
+    quantus = pytest.importorskip("quantus")
+    from ranem.metrics import deletion_curve
+    torch.manual_seed(0)
+    gray = timm.create_model("test_resnet", num_classes=4, in_chans=1).eval()
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = gray(x).argmax(1)
+    explain_func = quantus_explain_func("saliency")
+    metric = quantus.PixelFlipping(features_in_step=16, perturb_baseline=0.0, abs=False, normalise=False,
+                                   return_auc_per_sample=False, disable_warnings=True, display_progressbar=False)
+    curves = np.array(metric(model=gray, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None,
+                             explain_func=explain_func, softmax=True, device="cpu"))
+    maps = torch.from_numpy(explain_func(gray, x.numpy(), y.numpy())[:, 0])
+    ours = deletion_curve(gray, x, maps, pixels_per_step=16, substrate="zeros")[:, 1:]
+    np.testing.assert_allclose(curves, ours.numpy(), rtol=1e-5, atol=1e-6)

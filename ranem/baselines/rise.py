@@ -18,7 +18,9 @@ estimator, as in the reference implementation.
 Cost: N forward passes per image. Masks are drawn in blocks of ``MASK_BLOCK`` from a seeded
 generator (never all N at once) and shared by all images of the batch; every chunk of at most
 ``batch_size`` masked images goes through the model as one batch, so memory stays bounded
-whatever N, and a GPU sees large batches instead of one forward per mask.
+whatever N, and a GPU sees large batches instead of one forward per mask. (For RISE, unlike the
+other explainers, ``batch_size`` counts masked images per forward, not images per call; more
+images than that are explained in slices, with the same masks.)
 """
 from __future__ import annotations
 
