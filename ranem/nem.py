@@ -294,11 +294,11 @@ class NEM(nn.Module):
         return a
 
     def _predict_in_chunks(self, x, batch_size):
-        if batch_size is None or not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] <= 1:
-            if batch_size is not None:
-                _check_batch_size(batch_size)
-            return self.predict(x)
-        _check_batch_size(batch_size)
+        """``predict`` on chunks of at most ``batch_size`` images (None: one call), concatenated."""
+        if batch_size is not None:
+            _check_batch_size(batch_size)
+        if batch_size is None or not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] <= batch_size:
+            return self.predict(x)  # its checks say what is wrong with an x that is not a batch
         parts = [self.predict(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
@@ -312,6 +312,7 @@ class NEM(nn.Module):
         if target is None:
             return
         from ranem.baselines._common import resolve_target  # its type and shape checks; lazy: no captum here
+        # Given a target, resolve_target reads only the batch size and device of its x: logits serve.
         t, top = resolve_target(None, logits, target), logits.argmax(1)
         wrong = (t != top).nonzero().flatten()[:5].tolist()
         if wrong:
