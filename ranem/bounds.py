@@ -2,7 +2,7 @@
 
 The Monte-Carlo AUC is the mean of n values drawn *without replacement* from the finite population
 C = {c(1), ..., c(d)} of curve points; its target is the population mean mu (the exact AUC in the
-form of eq. 2). Three bounds on P(|estimate - mu| > t), each also inverted into the smallest n that
+form of eq. 2). Three bounds on ``P(|estimate - mu| > t)``, each also inverted into the smallest n that
 makes the bound at most delta:
 
 - ``serfling``: Serfling (1974), Corollary 1.1, applied to both tails (the paper's Theorem A.1):
@@ -67,7 +67,7 @@ def _out(arr):
 
 # ----------------------------------------------------------------------------- bounds
 def serfling_bound(t, n, d, value_range=1.0, paper_form: bool = False):
-    """Two-sided Serfling bound on P(|mean of n of d without replacement - mu| > t).
+    """Two-sided Serfling bound on ``P(|mean of n of d without replacement - mu| > t)``.
 
     ``value_range`` = b - a, the population's max minus min (at most 1 for probability scores).
     """

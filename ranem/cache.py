@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -38,6 +39,7 @@ except ImportError:  # Windows: byte-range locks through msvcrt
 __all__ = ["atomic_write", "training_lock", "CacheError", "file_sha256", "tensors_sha256", "content_sha256", "read_json",
            "read_safetensors", "check_sha256"]
 
+log = logging.getLogger(__name__)  # "ranem.cache", a child of the package's "ranem" logger
 TMP_MAX_AGE_S = 3600  # no cached file takes an hour to write: an older temporary one is left by a kill
 
 
@@ -119,7 +121,7 @@ def training_lock(lock, poll_s: float = 5.0):
         try:
             if not _try_lock(fd):
                 if not told:
-                    print(f"another process is training this cache entry ({lock}); waiting for it", flush=True)
+                    log.warning("another process is training this cache entry (%s); waiting for it", lock)
                     told = True
                 _wait_lock(fd, poll_s)
             if _is_current(fd, lock):

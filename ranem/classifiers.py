@@ -68,6 +68,7 @@ def create_classifier(name: str, num_classes: int | None = None, pretrained: boo
       loaded with ``weights_only``); the head keeps the file's classes (1000 for ImageNet-1k).
     - ``pretrained=True``: the same from the hub (needs a network; offline, pass ``weights=``).
     - otherwise: random initialisation with ``num_classes`` outputs (default 10).
+
     With weights, an explicit ``num_classes`` replaces the head by a new random one (timm's rule).
     """
     _check_name(name)

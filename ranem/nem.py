@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from ranem import ops
 from ranem.baselines._common import check_maps, model_input
-from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8
 from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors
 
 __all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS", "classifier_fingerprint"]
@@ -208,6 +208,11 @@ def classifier_fingerprint(model: nn.Module) -> dict:
     return {"name": str(name), "sha256": h.hexdigest()}
 
 
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
+
+
 @contextlib.contextmanager
 def _eval(module: nn.Module):
     was = module.training
@@ -290,24 +295,45 @@ class NEM(nn.Module):
         with _eval(self):
             return self(x)
 
-    def explain(self, x: torch.Tensor, target=None) -> torch.Tensor:
-        """Attribution (B, H, W), higher = more important, for the classifier's top-1 class."""
-        logits, a = self.predict(x)
+    def explain(self, x: torch.Tensor, target=None, batch_size: int | None = None) -> torch.Tensor:
+        """Attribution (B, H, W), higher = more important, for the classifier's top-1 class.
+
+        x: normalised float images, or uint8 images, normalised here with the classifier's
+        mean/std as ``fit`` does. target: None or the top-1 class of every image; any other class
+        is refused (ValueError), since the decoder was trained for the top-1. batch_size: images
+        per forward (None: all at once); the maps do not depend on it."""
+        x = normalise_uint8(x, self.mean, self.std)
+        logits, a = self._predict_in_chunks(x, batch_size)
         self._check_target(target, logits)
         return check_maps(a, x, f"{type(self).__name__}.explain")
 
+    def _predict_in_chunks(self, x, batch_size):
+        """``predict`` on chunks of at most ``batch_size`` images (None: one call), concatenated."""
+        if batch_size is not None:
+            _check_batch_size(batch_size)
+        if batch_size is None or not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] <= batch_size:
+            return self.predict(x)  # its checks say what is wrong with an x that is not a batch
+        parts = [self.predict(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
     def attribute(self, inputs: torch.Tensor, target=None) -> torch.Tensor:
-        """Captum-style: attribution shaped like ``inputs`` (each pixel's value on every channel)."""
-        return self.explain(inputs, target).unsqueeze(1).expand_as(inputs)
+        """Captum-style: attribution shaped like ``inputs`` (each pixel's value on every channel).
+        ``target`` as in ``explain``; ``ranem.interop.NEMAttribution`` is the full Captum class."""
+        return self.explain(inputs, target).unsqueeze(1).expand(inputs.shape)
 
     @staticmethod
     def _check_target(target, logits) -> None:
         if target is None:
             return
-        t = torch.as_tensor(target, device=logits.device).reshape(-1).expand(logits.shape[0])
-        if not torch.equal(t, logits.argmax(1)):
-            raise ValueError("a NEM explains the classifier's top-1 class (it was trained for it); "
-                             "target must be None or equal the predicted class of every image")
+        from ranem.baselines._common import resolve_target  # its type and shape checks; lazy: no captum here
+        # Given a target, resolve_target reads only the batch size and device of its x: logits serve.
+        t, top = resolve_target(None, logits, target), logits.argmax(1)
+        wrong = (t != top).nonzero().flatten()[:5].tolist()
+        if wrong:
+            raise ValueError(
+                f"target must be None or the classifier's top-1 class of every image: a NEM explains the class "
+                f"its decoder was trained for; images {wrong} have top-1 {top[wrong].tolist()} but target "
+                f"{t[wrong].tolist()}")
 
     def substrate_batch(self, x: torch.Tensor, n: int, mode: str, generator=None) -> torch.Tensor:
         """Replacement values for ``n`` copies of each image (image-major), one substrate drawn per

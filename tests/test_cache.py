@@ -79,3 +79,26 @@ def test_training_lock_is_released_on_error(tmp_path):
         with cache.training_lock(lock):
             raise RuntimeError("training failed")
     assert not lock.exists()
+
+
+def test_a_waiter_is_told_through_the_ranem_logger(tmp_path, caplog):
+    # The package logs instead of printing: a second holder that has to wait says so once, as a
+    # warning of the "ranem.cache" logger (shown on stderr until the application configures logging).
+    lock = tmp_path / "train.lock"
+    waited = threading.Event()
+
+    def second_holder():
+        with cache.training_lock(lock, poll_s=0.01):
+            waited.set()
+
+    with caplog.at_level("WARNING", logger="ranem"):
+        with cache.training_lock(lock):
+            waiter = threading.Thread(target=second_holder)
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.01)
+        waiter.join(10)
+    assert waited.is_set()
+    messages = [r for r in caplog.records if r.name == "ranem.cache"]
+    assert len(messages) == 1 and "waiting for it" in messages[0].getMessage()

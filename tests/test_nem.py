@@ -97,8 +97,8 @@ def test_bad_models_and_inputs_fail_clearly(resnet):
         nem.explain(torch.randn(2, 1, 32, 32))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         nem.explain(torch.randn(3, 32, 32))
-    with pytest.raises(ValueError, match="float"):
-        nem.explain(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="float"):  # uint8 images are normalised; other integers are refused
+        nem.explain(torch.zeros(1, 3, 32, 32, dtype=torch.int64))
     with pytest.raises(TypeError, match="torch.Tensor"):
         nem.explain([[0.0]])
     with pytest.raises(ValueError, match="NaN"):

@@ -1,8 +1,12 @@
 """The attribution methods Ra-NEM is compared with, behind one interface and a registry.
 
 Every method is ``explain(model, x, target=None, **options) -> (B, H, W)``: ``x`` is a batch of
-normalised images, ``target`` a class per image (default: the model's top-1), higher = more
-important, on x's device.
+normalised float images or of uint8 images (normalised with the model's mean/std, as
+``ranem.train`` does), ``target`` a class per image (default: the model's top-1), higher = more
+important, on x's device. Every method takes ``batch_size`` (at most that many images explained at
+once; the maps do not depend on it), and the slow ones (RISE, IBA, Smooth Pixel Mask, Integrated
+Gradients, Grad-SHAP) ``progress=True`` for a tqdm bar. The NEMs explain the model's top-1 class
+and refuse any other ``target``.
 
 >>> from ranem.baselines import explain, get_explainer, EXPLAINERS
 >>> maps = explain("rise", model, x)                       # by name, default options

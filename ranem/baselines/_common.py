@@ -8,18 +8,31 @@ The dtype rule of every public function that runs a model on images (baselines a
 images in another floating dtype than the model's parameters (float16, bfloat16, float64 images
 with a float32 model) are cast to the parameters' dtype on entry (``model_input``), so the model
 never sees a dtype it cannot combine with its weights; maps come back in that dtype.
+
+uint8 images are accepted too: scaled to [0, 1] and normalised with the model's statistics
+(``ranem.data.transforms.model_statistics``: ``ranem_info``, else timm's ``pretrained_cfg``), as
+``ranem.train`` does with its data; float images are taken as normalised already.
+
+``batch_size`` (every explainer has one): at most that many images are explained at once, the
+batch is cut into chunks and the maps concatenated (``chunked``); the result equals the unchunked
+call's, so it only bounds memory.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from ranem.data.transforms import knows_statistics, model_statistics, normalise_uint8
 
 from ranem.ops import _check_device, _check_finite, _check_images, _check_number  # noqa: F401 (shared)
 
 check_number = _check_number  # a finite real number in a range, named in the error
 check_device = _check_device  # a device string/object that exists on this machine
+log = logging.getLogger("ranem.baselines")
 
 
 def check_model(model) -> None:
@@ -40,9 +53,11 @@ def _model_tensor(model: nn.Module):
 
 def model_input(model, x, name: str = "x") -> torch.Tensor:
     """Check ``model`` and the images ``x`` (see ``check_images``) and return x in the model's
-    parameter dtype (the package's dtype rule). x on another device than the model is refused:
-    moving it silently would hide a copy per call."""
+    parameter dtype (the package's dtype rule); uint8 images are normalised with the model's
+    statistics first. x on another device than the model is refused: moving it silently would
+    hide a copy per call."""
     check_model(model)
+    x = as_normalised(model, x)
     check_images(x, name)
     ref = _model_tensor(model)
     if ref is None:
@@ -51,6 +66,44 @@ def model_input(model, x, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name} is on {x.device} but the model's parameters are on {ref.device}; "
                          f"move one of them (x.to(device) or model.to(device))")
     return x if x.dtype == ref.dtype else x.to(ref.dtype)
+
+
+def as_normalised(model, x):
+    """uint8 images normalised with ``model``'s statistics; anything else unchanged (checked later)."""
+    if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
+        if not knows_statistics(model):
+            log.warning("%s has no ranem_info or pretrained_cfg mean/std: uint8 images are normalised with "
+                        "ImageNet's statistics; pass normalised float images if that is wrong", type(model).__name__)
+        x = normalise_uint8(x, *model_statistics(model))
+    return x
+
+
+def chunked(fn, x: torch.Tensor, target: torch.Tensor, batch_size: int | None, **kwargs) -> torch.Tensor:
+    """``fn(x, target, offset=..., **kwargs)`` on chunks of at most ``batch_size`` images, maps
+    concatenated; ``offset`` is the chunk's first image index (random methods key their per-image
+    noise on it, so chunking does not change their draws). ``None`` means one chunk."""
+    if batch_size is None:
+        batch_size = x.shape[0]
+    check_positive_int(batch_size, "batch_size")
+    if x.shape[0] <= batch_size:
+        return fn(x, target, offset=0, **kwargs)
+    return torch.cat([fn(x[i:i + batch_size], target[i:i + batch_size], offset=i, **kwargs)
+                      for i in range(0, x.shape[0], batch_size)])
+
+
+def progress_bar(enabled: bool, total: int, desc: str):
+    """A tqdm bar (notebooks get a widget) when ``enabled``, else one that draws nothing."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"progress must be True or False, got {enabled!r}")
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def image_generators(seed: int, offset: int, n: int, device) -> list[torch.Generator]:
+    """One generator per image, seeded from (seed, image index): the draws an image gets do not
+    depend on how the batch around it is chunked."""
+    # Knuth's multiplicative constant spreads the (seed, index) pairs over distinct 63-bit seeds.
+    return [torch.Generator(device=device).manual_seed((seed * 2654435761 + offset + i + 1) % (2**63 - 1))
+            for i in range(n)]
 
 
 def check_maps(maps, x: torch.Tensor, method: str) -> torch.Tensor:
@@ -95,10 +148,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
-def resolve_target(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
-    """Class index per image as a (B,) long tensor on x's device; ``None`` -> top-1 prediction."""
+def resolve_target(model: nn.Module, x: torch.Tensor, target, batch_size: int | None = None) -> torch.Tensor:
+    """Class index per image as a (B,) long tensor on x's device; ``None`` -> top-1 prediction
+    (``batch_size`` images per forward, default 256)."""
     if target is None:
-        return predict(model, x)
+        return predict(model, x, 256 if batch_size is None else check_positive_int(batch_size, "batch_size"))
     if isinstance(target, bool):
         raise TypeError("target must be None, an int, a sequence of ints or a (B,) integer tensor, got a bool")
     if not isinstance(target, torch.Tensor):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ranem.baselines._common import check_images, check_maps, check_number, check_positive_int, check_probability
-from ranem.baselines._common import frozen, gaussian_blur, model_input, pick, resolve_target
+from ranem.baselines._common import chunked, frozen, gaussian_blur, model_input, pick, progress_bar, resolve_target
 from ranem.ops import blur
 
 __all__ = ["smooth_pixel_mask", "smooth_mask_from_params", "area_loss"]
@@ -72,31 +72,35 @@ def _contrastive(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def smooth_pixel_mask(model, x, target=None, area: float = 0.1, iterations: int = 300, grid: int = 32,
                       sigma: float = 1.0, lr: float = 0.05, weight_start: float = 10.0, weight_end: float = 300.0,
-                      progress: bool = False) -> torch.Tensor:
+                      progress: bool = False, batch_size: int | None = None) -> torch.Tensor:
     """Smooth preservation mask (B, H, W) with area ``area`` for ``target`` (default: top-1).
-    Every real option must be finite; x is cast to the model's dtype first."""
+    Every real option must be finite; x is cast to the model's dtype first. ``batch_size`` images
+    are optimised together (None: all; the masks do not depend on it)."""
     x = model_input(model, x)
-    check_probability(area, "area")
-    check_positive_int(iterations, "iterations")
-    check_positive_int(grid, "grid")
-    sigma = check_number(sigma, "sigma", low=0)
-    lr = check_number(lr, "lr", low=0, low_open=True)
+    options = dict(area=check_probability(area, "area"), iterations=check_positive_int(iterations, "iterations"),
+                   grid=check_positive_int(grid, "grid"), sigma=check_number(sigma, "sigma", low=0),
+                   lr=check_number(lr, "lr", low=0, low_open=True))
     weight_start = check_number(weight_start, "weight_start", low=0, low_open=True)
     weight_end = check_number(weight_end, "weight_end", low=weight_start)
-    target = resolve_target(model, x, target)
+    target = resolve_target(model, x, target, batch_size)
+    chunks = -(-x.shape[0] // check_positive_int(batch_size or x.shape[0], "batch_size"))
+    with progress_bar(progress, iterations * chunks, "Smooth Pixel Mask") as bar:
+        maps = chunked(lambda xb, tb, offset: _optimise(model, xb.detach(), tb, weight_start=weight_start,
+                                                         weight_end=weight_end, bar=bar, **options),
+                       x, target, batch_size)
+    return check_maps(maps, x, "smooth_pixel_mask")
+
+
+def _optimise(model, x, target, *, area, iterations, grid, sigma, lr, weight_start, weight_end, bar):
+    """The extremal-perturbation optimisation for one chunk of images: their masks (B, H, W)."""
     b, _, h, w = x.shape
-    x = x.detach()
     substrate = blur(x)
     theta = torch.full((b, 1, min(grid, h), min(grid, w)), 0.5, device=x.device, dtype=torch.float32,
                        requires_grad=True)
     optimiser = torch.optim.Adam([theta], lr=lr)
     growth = (weight_end / weight_start) ** (1 / max(1, iterations - 1))
-    steps = range(iterations)
-    if progress:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, desc="Smooth Pixel Mask", leave=False)
     with frozen(model), torch.enable_grad():
-        for t in steps:
+        for t in range(iterations):
             mask = smooth_mask_from_params(theta, (h, w), sigma)
             m = mask[:, None].to(x.dtype)
             reward = _contrastive(model(m * x + (1 - m) * substrate).float(), target)
@@ -106,5 +110,6 @@ def smooth_pixel_mask(model, x, target=None, area: float = 0.1, iterations: int 
             optimiser.step()
             with torch.no_grad():
                 theta.clamp_(0, 1)
+            bar.update()
     with torch.no_grad():
-        return check_maps(smooth_mask_from_params(theta, (h, w), sigma).to(x.dtype), x, "smooth_pixel_mask")
+        return smooth_mask_from_params(theta, (h, w), sigma).to(x.dtype)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranem.baselines._common import check_maps, check_model, frozen, model_input, pick, resolve_target
+from ranem.baselines._common import check_maps, check_model, chunked, frozen, model_input, pick, resolve_target
 
 __all__ = ["grad_cam_pp", "find_target_layer", "hooked_activation"]
 
@@ -111,12 +111,17 @@ def cam_from_gradients(act: torch.Tensor, grad: torch.Tensor, eps: float = 1e-7)
     return (weights * act).sum(dim=1).clamp(min=0)
 
 
-def grad_cam_pp(model, x, target=None, layer=None) -> torch.Tensor:
+def grad_cam_pp(model, x, target=None, layer=None, batch_size: int | None = None) -> torch.Tensor:
     """Grad-CAM++ maps (B, H, W) of ``target`` (default: top-1) at the input resolution; x is cast
-    to the model's dtype first."""
+    to the model's dtype first. ``batch_size`` images per forward/backward (None: all)."""
     x = model_input(model, x)
     module = _resolve_layer(model, layer)
-    target = resolve_target(model, x, target)
+    target = resolve_target(model, x, target, batch_size)
+    return check_maps(chunked(lambda xb, tb, offset: _cam(model, module, xb, tb), x, target, batch_size),
+                      x, "grad_cam_pp")
+
+
+def _cam(model, module, x, target):
     with frozen(model), torch.enable_grad(), hooked_activation(module) as hook:
         inputs = x.detach().clone().requires_grad_(True)  # so activations carry a graph
         logits = model(inputs)
@@ -127,4 +132,4 @@ def grad_cam_pp(model, x, target=None, layer=None) -> torch.Tensor:
     fmap, fgrad = _as_feature_map(act.detach(), model), _as_feature_map(grad, model)
     cam = cam_from_gradients(fmap.float(), fgrad.float())
     cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return check_maps(cam.to(x.dtype), x, "grad_cam_pp")
+    return cam.to(x.dtype)

@@ -19,7 +19,10 @@ authors estimate theirs (the Ra-NEM authors: on 10,000 images).
 
 Settings of the IBA paper and of the Ra-NEM runs: beta = 10, 10 Adam steps with lr 1, 10 noise
 draws per step (one batch of 10 B), alpha initialised to 5 (lambda ~ 0.993), lambda smoothed
-with a Gaussian of sigma 1 pixel. Cost: steps * draws forward+backward passes per image.
+with a Gaussian of sigma 1 pixel. Cost: steps * draws forward+backward passes per image, for
+``batch_size`` images at a time (``batch_size * draws`` model inputs per pass; None: all). Each
+image's noise comes from its own generator seeded by (``seed``, its index in the batch), so the
+maps do not depend on ``batch_size``.
 Note: the authors' code hooks the bottleneck after the last feature stage, while their paper
 says it sits on the input; we follow the paper (input).
 """
@@ -31,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from ranem.baselines._common import check_images, check_maps, check_number, check_positive_int, checked_forward
-from ranem.baselines._common import frozen, gaussian_blur, model_input, resolve_target
+from ranem.baselines._common import chunked, frozen, gaussian_blur, image_generators, model_input, progress_bar
+from ranem.baselines._common import resolve_target
 
 __all__ = ["iba", "input_statistics", "bottleneck_capacity"]
 
@@ -77,29 +81,40 @@ def _check_stats(stats, x):
 
 def iba(model, x, target=None, beta: float = 10.0, steps: int = 10, draws: int = 10, lr: float = 1.0,
         sigma: float = 1.0, initial_alpha: float = 5.0, stats=None, min_std: float = 0.01,
-        seed: int = 0) -> torch.Tensor:
+        seed: int = 0, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
     """Per-sample input bottleneck attribution (B, H, W) in bits, for ``target`` (default: top-1).
-    Every real option must be finite; x is cast to the model's dtype first."""
+    Every real option must be finite; x is cast to the model's dtype first. ``progress`` shows a
+    bar over the optimisation steps."""
     x = model_input(model, x)
     check_positive_int(steps, "steps")
     check_positive_int(draws, "draws")
     check_positive_int(seed, "seed", minimum=0)
-    beta = check_number(beta, "beta", low=0)
-    lr = check_number(lr, "lr", low=0, low_open=True)
-    sigma = check_number(sigma, "sigma", low=0)
-    initial_alpha = check_number(initial_alpha, "initial_alpha")
+    options = dict(beta=check_number(beta, "beta", low=0), lr=check_number(lr, "lr", low=0, low_open=True),
+                   sigma=check_number(sigma, "sigma", low=0), initial_alpha=check_number(initial_alpha, "initial_alpha"),
+                   steps=steps, draws=draws, seed=seed)
     min_std = check_number(min_std, "min_std", low=0, low_open=True)
-    target = resolve_target(model, x, target)
+    target = resolve_target(model, x, target, batch_size)
     x = x.detach()
     if stats is None and x.shape[2] * x.shape[3] < 2:
         raise ValueError(f"per-sample statistics need at least 2 pixels per image, got {tuple(x.shape[2:])}; "
                          "pass stats=(mean, std)")
     mean, std = _sample_statistics(x, min_std) if stats is None else _check_stats(stats, x)
     mean, std = mean.expand_as(x), std.expand_as(x)
+    chunks = -(-x.shape[0] // check_positive_int(batch_size or x.shape[0], "batch_size"))
+    with progress_bar(progress, steps * chunks, "IBA") as bar:
+        def run(xb, tb, offset):
+            rows = slice(offset, offset + xb.shape[0])
+            return _optimise(model, xb, tb, mean[rows], std[rows], offset=offset, bar=bar, **options)
+        maps = chunked(run, x, target, batch_size)
+    return check_maps(maps, x, "iba")
+
+
+def _optimise(model, x, target, mean, std, *, beta, steps, draws, lr, sigma, initial_alpha, seed, offset, bar):
+    """IBA on one chunk of images: Adam on alpha, then the bottleneck's capacity in bits (B, H, W)."""
     r = (x - mean) / std
     alpha = torch.full_like(x, initial_alpha, dtype=torch.float32).requires_grad_(True)
     optimiser = torch.optim.Adam([alpha], lr=lr)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
+    generators = image_generators(seed, offset, x.shape[0], x.device)
     labels = target.repeat_interleave(draws)
     forward = checked_forward(model, target)
 
@@ -109,15 +124,17 @@ def iba(model, x, target=None, beta: float = 10.0, steps: int = 10, draws: int =
     with frozen(model), torch.enable_grad():
         for _ in range(steps):
             lam = lam_of(alpha)
-            eps = torch.randn((x.shape[0], draws) + x.shape[1:], generator=generator, device=x.device,
-                              dtype=x.dtype) * std[:, None] + mean[:, None]
+            unit = torch.stack([torch.randn((draws,) + tuple(x.shape[1:]), generator=g, device=x.device,
+                                            dtype=x.dtype) for g in generators])
+            eps = unit * std[:, None] + mean[:, None]
             z = lam[:, None] * x[:, None] + (1 - lam[:, None]) * eps
             ce = F.cross_entropy(forward(z.flatten(0, 1)).float(), labels, reduction="none").view(-1, draws).mean(1)
             info = bottleneck_capacity(lam.float(), r.float()).flatten(1).mean(1)
-            loss = (ce + beta * info).sum()
+            loss = (ce + beta * info).sum()  # images are independent: each alpha sees its own term only
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            bar.update()
     with torch.no_grad():
         capacity = bottleneck_capacity(lam_of(alpha).float(), r.float())
-    return check_maps((capacity.sum(dim=1) / math.log(2)).to(x.dtype), x, "iba")
+    return (capacity.sum(dim=1) / math.log(2)).to(x.dtype)

@@ -5,8 +5,13 @@
 randomised copy of the classifier (the MPRT) is explained by the same decoder on top of the
 randomised encoder, as the test asks. Pass ``nem=`` a trained ``RaNEM``/``NEMt``; otherwise the
 book's NEM is found with ``get_nem`` from the ``ranem_info`` that ``ranem.classifiers`` attaches to
-its classifiers (loaded from the cache, or trained once). ``target`` is accepted for the common
-interface and ignored: a NEM explains the model's own top-1 prediction.
+its classifiers (loaded from the cache, or trained once).
+
+``target``: a NEM explains the model's own top-1 prediction, the class its decoder was trained for.
+``None`` or a target equal to the top-1 of every image is accepted; any other target is refused
+with a ValueError, as ``NEM.explain`` and ``ranem.interop.NEMAttribution`` do (the metrics of
+``ranem.metrics`` know this from ``predicts_label`` and pass no target). uint8 images are
+normalised with the classifier's statistics; ``batch_size`` bounds the images per forward.
 """
 from __future__ import annotations
 
@@ -48,29 +53,30 @@ def attach(nem, model):
     return per_model[id(nem)][1]
 
 
-def _explain(kind, model, x, nem):
-    x = model_input(model, x)
+def _explain(kind, model, x, nem, target=None, batch_size=None):
+    x = model_input(model, x)  # checks, uint8 normalised with the model's statistics, the dtype rule
     trained = nem if nem is not None else nem_for(model, kind)
-    return attach(trained, model).explain(x)  # NEM.explain checks the maps (shape, finite)
+    return attach(trained, model).explain(x, target, batch_size=batch_size)  # checks the maps too
 
 
-def ranem(model, x, target=None, nem=None):
+def ranem(model, x, target=None, nem=None, batch_size: int | None = None):
     """Ra-NEM attribution (B, H, W): the decoder's per-pixel logits, one forward pass."""
-    return _explain("ranem", model, x, nem)
+    return _explain("ranem", model, x, nem, target, batch_size)
 
 
-def ranem_insdel(model, x, target=None, nem=None):
+def ranem_insdel(model, x, target=None, nem=None, batch_size: int | None = None):
     """Attribution (B, H, W) of our Ra-NEM variant trained on insertion and deletion together
     (``ranem.nem.RaNEMInsDel``; not the paper's method)."""
-    return _explain("ranem_insdel", model, x, nem)
+    return _explain("ranem_insdel", model, x, nem, target, batch_size)
 
 
-def nemt(model, x, target=None, nem=None):
+def nemt(model, x, target=None, nem=None, batch_size: int | None = None):
     """NEMt attribution (B, H, W): the decoder's mask logits (sigmoid = the mask), one forward pass."""
-    return _explain("nemt", model, x, nem)
+    return _explain("nemt", model, x, nem, target, batch_size)
 
 
 # One forward of the classifier gives both the label and the NEM's map: timing (``explain_time``)
-# must not add a second forward for the label.
+# must not add a second forward for the label, and the metrics pass no target (the NEM explains
+# the top-1 of whatever model and images it is given, e.g. a randomised copy in the MPRT).
 for _fn in (ranem, ranem_insdel, nemt):
     _fn.predicts_label = True

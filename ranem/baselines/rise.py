@@ -18,7 +18,9 @@ estimator, as in the reference implementation.
 Cost: N forward passes per image. Masks are drawn in blocks of ``MASK_BLOCK`` from a seeded
 generator (never all N at once) and shared by all images of the batch; every chunk of at most
 ``batch_size`` masked images goes through the model as one batch, so memory stays bounded
-whatever N, and a GPU sees large batches instead of one forward per mask.
+whatever N, and a GPU sees large batches instead of one forward per mask. (For RISE, unlike the
+other explainers, ``batch_size`` counts masked images per forward, not images per call; more
+images than that are explained in slices, with the same masks.)
 """
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ def rise(model, x, target=None, masks: int = 4096, grid: int = 7, p: float = 0.5
     check_probability(p, "p")
     if normalise not in ("coverage", "p"):
         raise ValueError(f"normalise must be 'coverage' or 'p', got {normalise!r}")
-    target = resolve_target(model, x, target)
+    target = resolve_target(model, x, target, batch_size)
     if x.shape[0] > batch_size:  # more images than one forward may hold: slices, same masks (same seed)
         return torch.cat([rise(model, x[i:i + batch_size], target[i:i + batch_size], masks, grid, p, batch_size,
                                seed, baseline, normalise, progress) for i in range(0, x.shape[0], batch_size)])

@@ -62,3 +62,28 @@ def denormalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     c = images.shape[-3]
     x = images.float() * _channel_stats(std, c, "std", images) + _channel_stats(mean, c, "mean", images)
     return x.clamp_(0.0, 1.0) if clamp else x
+
+
+def model_statistics(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a classifier's inputs are normalised with: ``model.ranem_info`` (the package's
+    classifiers), else timm's ``pretrained_cfg``, else ImageNet's; the rule ``ranem.nem.NEM`` uses."""
+    info = getattr(model, "ranem_info", None) or {}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = info.get("mean") or cfg.get("mean") or IMAGENET_MEAN
+    std = info.get("std") or cfg.get("std") or IMAGENET_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def knows_statistics(model) -> bool:
+    """Whether ``model`` says how its inputs are normalised (else ``model_statistics`` guesses ImageNet)."""
+    info = getattr(model, "ranem_info", None) or {}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return bool((info.get("mean") and info.get("std")) or (cfg.get("mean") and cfg.get("std")))
+
+
+def normalise_uint8(x, mean: Sequence[float], std: Sequence[float]):
+    """uint8 images (B, C, H, W) scaled to [0, 1] and normalised with (mean, std); anything else is
+    returned as it is (float images are taken as normalised already, as ``ranem.train`` does)."""
+    if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
+        return normalize(x, mean, std)
+    return x

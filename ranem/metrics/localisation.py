@@ -11,7 +11,7 @@ should too.
 - ``mass_in_mask``: the share of the attribution mass inside the mask, after per-image min-max
   normalisation to [0, 1] so signed maps and maps with an offset are comparable (the
   "energy-based pointing game"). A map that ignores the image scores about the mask's area.
-- ``precision_at_mask``: the share of the |mask| top-ranked pixels that fall inside the mask;
+- ``precision_at_mask``: the share of the ``|mask|`` top-ranked pixels that fall inside the mask;
   depends only on the ranking, like the insertion/deletion curves.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def mass_in_mask(attribution: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def precision_at_mask(attribution: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) share of the |mask| top-ranked pixels that lie inside the mask."""
+    """(B,) share of the ``|mask|`` top-ranked pixels that lie inside the mask."""
     a, m = _check(attribution, mask)
     order = a.argsort(dim=1, descending=True, stable=True)
     size = m.sum(1)

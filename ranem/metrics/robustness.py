@@ -109,10 +109,14 @@ def _explain_in_batches(explainer, model, x, target, batch_size):
     """The explainer's maps (B, H, W) for x, ``batch_size`` images per call, each result checked."""
     from ranem.baselines._common import check_maps
     name = getattr(explainer, "__name__", type(explainer).__name__)
+    # A NEM explains the top-1 of the model it is given (its decoder was trained for it) and refuses
+    # other targets; the MPRT's randomised model has another top-1, so NEMs get no target at all.
+    own_label = getattr(explainer, "predicts_label", False)
     maps = []
     for i in range(0, x.shape[0], batch_size):
         part = x[i:i + batch_size]
-        maps.append(check_maps(explainer(model, part, target[i:i + batch_size]), part, f"the explainer {name}"))
+        t = None if own_label else target[i:i + batch_size]
+        maps.append(check_maps(explainer(model, part, t), part, f"the explainer {name}"))
     return torch.cat(maps)
 
 
