@@ -116,6 +116,8 @@ def _check_batch(images, labels=None) -> None:
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise ValueError("images must be finite: they contain NaN or inf values")
     if labels is not None:
         if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels must be a 1-D tensor with one label per image ({images.shape[0]})")

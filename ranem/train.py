@@ -59,6 +59,8 @@ def _images(batch, nem: NEM, device) -> torch.Tensor:
     if x.dtype == torch.uint8:
         x = normalize(x, nem.mean, nem.std)
     nem.check_input(x)
+    if not bool(torch.isfinite(x).all()):  # else the decoder's weights silently become NaN
+        raise ValueError("data must hold finite images: a batch contains NaN or inf values")
     return x
 
 

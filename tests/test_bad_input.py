@@ -273,3 +273,13 @@ def test_nem_explainers_refuse_empty_and_non_finite_batches(trained_nem, bad, ma
     for explain in (trained_nem.explain, lambda x: baselines.nemt(trained_nem.classifier, x, nem=trained_nem)):
         with pytest.raises(ValueError, match=match):
             explain(bad)
+
+
+def test_training_refuses_non_finite_images(trained_nem):
+    from ranem.classifiers import train_classifier
+    from ranem.train import train
+    bad = with_nan(torch.zeros(4, 3, 32, 32))
+    with pytest.raises(ValueError, match="finite"):
+        train(trained_nem, bad, epochs=1, samples=1, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="finite"):
+        train_classifier(tiny_cnn(), bad, torch.zeros(4, dtype=torch.long), epochs=1, batch_size=4, progress=False)
