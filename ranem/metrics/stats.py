@@ -103,7 +103,7 @@ def compare_times(explainers: dict, model, x, rounds: int = 3, warmup: int = 1) 
 
 
 def evaluate(explainer, model, x, target=None, *, steps: int | None = None, robust: int = 0,
-             sensitivity_samples: int = 30, time_images: int = 0, explain_batch: int = 64, seed: int = 0,
+             sensitivity_samples: int = 30, time_images: int = 0, explain_batch: int = 16, seed: int = 0,
              curve_batch: int = 256) -> dict:
     """Every metric of the comparison for one explainer on one model, per image.
 
@@ -112,7 +112,8 @@ def evaluate(explainer, model, x, target=None, *, steps: int | None = None, robu
     deletion on zeros, ``steps`` points as ``ranem.metrics.faithfulness``); with ``robust`` > 0,
     ``sensitivity`` and ``randomisation`` (MPRT, fully randomised) on the first ``robust`` images;
     with ``time_images`` > 0, ``time`` = seconds per image at batch 1 (``explain_time``).
-    ``explain_batch`` bounds how many images one explainer call receives. x is cast to the model's
+    ``explain_batch`` bounds how many images one explainer call receives (16: at 144 px, 64 made
+    Grad-SHAP and IBA peak at 12 GB, 16 at under 4 GB; see benchmarks/memory.py). x is cast to the model's
     parameter dtype first; maps that are not finite (B, H, W) tensors raise a ValueError.
     """
     from ranem.baselines._common import check_positive_int, resolve_target
