@@ -23,7 +23,7 @@ from ranem import ops
 from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ranem.cache import atomic_write
 
-__all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS", "classifier_fingerprint"]
+__all__ = ["FrozenEncoder", "Decoder", "BaseNEM", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS", "classifier_fingerprint"]
 FORMAT = "ranem-nem/1"
 
 
@@ -217,12 +217,117 @@ def _eval(module: nn.Module):
         module.train(was)
 
 
-class NEM(nn.Module):
-    """Common network of Ra-NEM and NEMt: frozen classifier (encoder) + trainable U-Net decoder.
-    Subclasses define ``loss(x, generator, samples, substrate_mode)``."""
+class BaseNEM(nn.Module):
+    """What every NEM shares, whatever its input (images here, token sequences in ``ranem.tokens``):
+    a frozen classifier read by ``self.encoder`` (its ``classifier`` attribute), a trainable
+    ``self.decoder``, ``self.config`` (JSON-able constructor options), explanation, training through
+    ``ranem.train.train`` and safetensors persistence. Subclasses define ``forward(x) -> (logits,
+    attribution logits)``, ``loss(x, generator, samples, substrate_mode)``, ``prepare(x, device)``
+    (a batch from the data, checked, on the device) and ``validation_faithfulness(x, steps, amp)``."""
 
     kind = "nem"
     default_samples = 1
+    channels_last = False  # whether the training loop may switch to channels-last on CUDA
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.encoder.classifier
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's logits and the attribution, from one forward (eval mode, no noise)."""
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values")
+        with _eval(self):
+            return self(x)
+
+    def explain(self, x: torch.Tensor, target=None) -> torch.Tensor:
+        """Attribution, higher = more important, for the classifier's top-1 class."""
+        logits, a = self.predict(x)
+        self._check_target(target, logits)
+        return a
+
+    @staticmethod
+    def _check_target(target, logits) -> None:
+        if target is None:
+            return
+        t = torch.as_tensor(target, device=logits.device).reshape(-1).expand(logits.shape[0])
+        if not torch.equal(t, logits.argmax(1)):
+            raise ValueError("a NEM explains the classifier's top-1 class (it was trained for it); "
+                             "target must be None or equal the predicted class of every image")
+
+    def fit(self, data, epochs: int | None = None, samples: int | None = None, **kwargs) -> dict:
+        """Train the decoder on ``data`` (Dataset, DataLoader or tensor of inputs or (input, label));
+        see ``ranem.train.train`` for the options. Returns the history."""
+        from ranem.train import train
+        return train(self, data, epochs=epochs, samples=samples, **kwargs)
+
+    def loss(self, x, generator=None, samples=None, substrate_mode="input"):  # pragma: no cover
+        raise NotImplementedError
+
+    def prepare(self, x, device) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def validation_faithfulness(self, x, steps: int, amp: bool) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Weights as safetensors (with the config, the classifier fingerprint and the history in its
+        header) plus a readable JSON twin; both written atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"decoder.{k}": v.detach().cpu().contiguous() for k, v in self.decoder.state_dict().items()}
+        history = {k: v for k, v in self.history.items() if not isinstance(v, torch.Tensor)}
+        tensors.update({f"history.{k}": v.detach().cpu().contiguous()
+                        for k, v in self.history.items() if isinstance(v, torch.Tensor)})
+        meta = {"format": FORMAT, "kind": self.kind, "config": self.config,
+                "fingerprint": classifier_fingerprint(self.classifier), "history": history}
+        text = json.dumps(meta)
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"ranem": text}))
+        atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
+        return path
+
+    @classmethod
+    def load(cls, path, classifier: nn.Module, check: bool = True) -> "BaseNEM":
+        """A NEM saved by ``save``, attached to ``classifier``. Refuses (ValueError) a checkpoint
+        trained for another classifier unless ``check=False`` (e.g. randomisation tests)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no NEM checkpoint at {path}")
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("ranem", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a ranem NEM checkpoint (format {meta.get('format')!r})")
+        # A subclass loads its own kind (token NEMs live outside KINDS); NEM/BaseNEM look it up.
+        target = cls if cls.kind == meta["kind"] else KINDS.get(meta["kind"])
+        if target is None:
+            raise ValueError(f"{path} holds a {meta['kind']!r} NEM; load it with its class's load")
+        if cls not in (NEM, BaseNEM) and cls is not target:
+            raise ValueError(f"{path} holds a {meta['kind']} NEM, not a {cls.kind}; use {target.__name__}.load")
+        if check:
+            mine, theirs = classifier_fingerprint(classifier), meta["fingerprint"]
+            if mine != theirs:
+                raise ValueError(
+                    f"{path} was trained for classifier {theirs['name']} (weights sha256 "
+                    f"{theirs['sha256'][:12]}), but the classifier given is {mine['name']} (sha256 "
+                    f"{mine['sha256'][:12]}); a NEM only explains the classifier it was trained for")
+        nem = target(classifier, **meta["config"])
+        dev = next(nem.decoder.parameters()).device
+        nem.decoder.load_state_dict({k[8:]: v.to(dev) for k, v in tensors.items() if k.startswith("decoder.")})
+        nem.history = dict(meta.get("history", {}))
+        nem.history.update({k[8:]: v for k, v in tensors.items() if k.startswith("history.")})
+        return nem
+
+
+class NEM(BaseNEM):
+    """Common network of Ra-NEM and NEMt on images: frozen classifier (encoder) + trainable U-Net
+    decoder. Subclasses define ``loss(x, generator, samples, substrate_mode)``."""
+
+    kind = "nem"
+    default_samples = 1
+    channels_last = True
     default_substrates: tuple[str, ...] = ("zeros", "blur", "noise")
 
     def __init__(self, classifier: nn.Module, *, layers=None, decoder_channels=(256, 128, 64, 32, 16),
@@ -248,10 +353,6 @@ class NEM(nn.Module):
                        "substrates": list(substrates)}
         self.history: dict = {}
 
-    @property
-    def classifier(self) -> nn.Module:
-        return self.encoder.classifier
-
     def check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor (B, C, H, W), got {type(x).__name__}")
@@ -268,32 +369,29 @@ class NEM(nn.Module):
             logits, feats = self.encoder(x)
         return logits, self.decoder(feats, x.shape[-2:]).float()
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The classifier's logits and the attribution, from one forward (eval mode, no noise)."""
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or infinite values")
-        with _eval(self):
-            return self(x)
-
-    def explain(self, x: torch.Tensor, target=None) -> torch.Tensor:
-        """Attribution (B, H, W), higher = more important, for the classifier's top-1 class."""
-        logits, a = self.predict(x)
-        self._check_target(target, logits)
-        return a
-
     def attribute(self, inputs: torch.Tensor, target=None) -> torch.Tensor:
         """Captum-style: attribution shaped like ``inputs`` (each pixel's value on every channel)."""
         return self.explain(inputs, target).unsqueeze(1).expand_as(inputs)
 
-    @staticmethod
-    def _check_target(target, logits) -> None:
-        if target is None:
-            return
-        t = torch.as_tensor(target, device=logits.device).reshape(-1).expand(logits.shape[0])
-        if not torch.equal(t, logits.argmax(1)):
-            raise ValueError("a NEM explains the classifier's top-1 class (it was trained for it); "
-                             "target must be None or equal the predicted class of every image")
+    def prepare(self, x, device) -> torch.Tensor:
+        """A batch of images on ``device``, normalised: uint8 images are scaled and normalised with
+        the classifier's mean/std; float images are taken as normalised."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"data must yield image tensors or (image, ...) tuples, got {type(x).__name__}")
+        x = x.to(device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            from ranem.data.transforms import normalize
+            x = normalize(x, self.mean, self.std)
+        self.check_input(x)
+        return x
+
+    @torch.no_grad()
+    def validation_faithfulness(self, x: torch.Tensor, steps: int, amp: bool) -> float:
+        """Mean faithfulness (insertion AUC - deletion AUC, ``steps`` steps) of the NEM's maps on x."""
+        from ranem.metrics import faithfulness
+        scores = [faithfulness(self.classifier, xb, self.explain(xb), steps=steps, autocast=amp).float().cpu()
+                  for xb in x.split(64)]
+        return torch.cat(scores).mean().item()
 
     def substrate_batch(self, x: torch.Tensor, n: int, mode: str, generator=None) -> torch.Tensor:
         """Replacement values for ``n`` copies of each image (image-major), one substrate drawn per
@@ -311,62 +409,6 @@ class NEM(nn.Module):
         stacked = torch.stack([ops.get_substrate(s)(x, generator=gen) for s in self.substrates])
         image = torch.arange(x.shape[0], device=x.device).repeat_interleave(n)
         return stacked[which, image]
-
-    def fit(self, data, epochs: int | None = None, samples: int | None = None, **kwargs) -> dict:
-        """Train the decoder on ``data`` (Dataset, DataLoader or tensor of images or (image, label));
-        see ``ranem.train.train`` for the options. Returns the history."""
-        from ranem.train import train
-        return train(self, data, epochs=epochs, samples=samples, **kwargs)
-
-    def loss(self, x, generator=None, samples=None, substrate_mode="input"):  # pragma: no cover
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path) -> Path:
-        """Weights as safetensors (with the config, the classifier fingerprint and the history in its
-        header) plus a readable JSON twin; both written atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"decoder.{k}": v.detach().cpu().contiguous() for k, v in self.decoder.state_dict().items()}
-        history = {k: v for k, v in self.history.items() if not isinstance(v, torch.Tensor)}
-        tensors.update({f"history.{k}": v.detach().cpu().contiguous()
-                        for k, v in self.history.items() if isinstance(v, torch.Tensor)})
-        meta = {"format": FORMAT, "kind": self.kind, "config": self.config,
-                "fingerprint": classifier_fingerprint(self.classifier), "history": history}
-        text = json.dumps(meta)
-        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"ranem": text}))
-        atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
-        return path
-
-    @classmethod
-    def load(cls, path, classifier: nn.Module, check: bool = True) -> "NEM":
-        """A NEM saved by ``save``, attached to ``classifier``. Refuses (ValueError) a checkpoint
-        trained for another classifier unless ``check=False`` (e.g. randomisation tests)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no NEM checkpoint at {path}")
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("ranem", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a ranem NEM checkpoint (format {meta.get('format')!r})")
-        target = KINDS[meta["kind"]]
-        if cls is not NEM and cls is not target:
-            raise ValueError(f"{path} holds a {meta['kind']} NEM, not a {cls.kind}; use {target.__name__}.load")
-        if check:
-            mine, theirs = classifier_fingerprint(classifier), meta["fingerprint"]
-            if mine != theirs:
-                raise ValueError(
-                    f"{path} was trained for classifier {theirs['name']} (weights sha256 "
-                    f"{theirs['sha256'][:12]}), but the classifier given is {mine['name']} (sha256 "
-                    f"{mine['sha256'][:12]}); a NEM only explains the classifier it was trained for")
-        nem = target(classifier, **meta["config"])
-        dev = next(nem.decoder.parameters()).device
-        nem.decoder.load_state_dict({k[8:]: v.to(dev) for k, v in tensors.items() if k.startswith("decoder.")})
-        nem.history = dict(meta.get("history", {}))
-        nem.history.update({k[8:]: v for k, v in tensors.items() if k.startswith("history.")})
-        return nem
-
 
 class RaNEM(NEM):
     """Ranking NEM: trained on 1 - p_c(omega(x, top_k(a + g))) with binary Gumbel-top-k masks,
