@@ -1,4 +1,7 @@
-"""Masking operators: substrates that replace removed pixels.
+"""Masking operators: substrates that replace removed pixels, and the Gumbel-top-k mask.
+
+``topk_mask`` is the operator's maths on any flat (B, D) score tensor; ``omega`` applies it to the
+pixels of images, ``ranem.tokens.omega_tokens`` to the tokens of sequences.
 
 Every substrate has one signature, ``substrate(x, generator=None) -> R`` with ``R`` shaped like
 ``x`` (B, C, H, W); it works on any device and on whole batches.
@@ -345,6 +348,9 @@ def omega(
     k: an int, or a (B,) integer tensor with one k per row. substrate: a tensor shaped like x
     (the replacement values R) or a name/callable for ``get_substrate`` (then R = substrate(x, generator)).
     noise=False gives the deterministic top-k of the scores (ties broken towards the lower index).
+
+    The mask maths is ``topk_mask`` on the flattened (B, H*W) scores (``ranem.tokens.omega_tokens``
+    calls the same function on the token axis).
 
     Returns ``(x_masked, mask)`` with ``x_masked = x * M + R * (1 - M)`` and M (B, H, W). In the
     forward pass M is exactly binary with exactly k ones per row (taken from positions in a sort or

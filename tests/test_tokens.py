@@ -319,3 +319,17 @@ def test_occlusion_equals_a_loop_and_random_is_seeded(transformer, task):
     assert torch.equal(token_random(transformer, ids, seed=3), token_random(transformer, ids, seed=3))
     with pytest.raises(ValueError, match="target must be an int"):
         token_occlusion(transformer, ids, target=7)
+
+
+def test_the_class_conditioned_decoder_reads_the_explained_class_channel(transformer, task):
+    nem = TokenRaNEM(transformer).eval()
+    ids = task.ids[:6]
+    with torch.no_grad():
+        logits, feats = nem.encoder(ids)
+        d = nem.decoder
+        full = d.head(d.blocks(F.silu(sum(p(f) for p, f in zip(d.project, feats)))))
+        a = nem.explain(ids)
+    assert full.shape == (6, 3, 12)
+    torch.testing.assert_close(a, full[torch.arange(6), logits.argmax(1)])
+    single = TokenRaNEM(transformer, condition=False)
+    assert single.decoder.head.out_channels == 1 and single.explain(ids).shape == (6, 12)

@@ -85,8 +85,9 @@ class SequenceEncoder(nn.Module):
             raise ValueError(f"layers must name modules of the classifier; not found: {missing or layers}")
         self.layers = list(layers)
         with torch.no_grad():
-            _, feats = self(self._probe())
+            logits, feats = self(self._probe())
         self.channels = [f.shape[1] for f in feats]
+        self.classes = logits.shape[1]
 
     def _probe(self) -> torch.Tensor:
         return _probe(self.classifier, self.vocab)
@@ -148,22 +149,32 @@ class SequenceEncoder(nn.Module):
 
 class SequenceDecoder(nn.Module):
     """Hidden states (deepest last) -> one logit per token: a 1x1 projection of each state to
-    ``width`` channels, summed, then two 3-tap convolution blocks (BN, SiLU, dropout) and a 1x1 head."""
+    ``width`` channels, summed, two 3-tap convolution blocks (BN, SiLU, dropout) and a 1x1 head.
 
-    def __init__(self, channels: list[int], width: int = 64, dropout: float = 0.1):
+    With ``classes`` the head has one output channel per class and the decoder returns the channel
+    of the class explained (the classifier's top-1). Why: which tokens matter depends on the class,
+    and "this token belongs to the winning class" is a product of the token's identity and the
+    class, which one head per class gives directly, where a single head must learn it."""
+
+    def __init__(self, channels: list[int], width: int = 64, dropout: float = 0.1, classes: int = 0):
         super().__init__()
         self.project = nn.ModuleList(nn.Conv1d(c, width, 1) for c in channels)
         self.blocks = nn.Sequential(*[nn.Sequential(nn.Conv1d(width, width, 3, padding=1, bias=False),
                                                     nn.BatchNorm1d(width), nn.SiLU(), nn.Dropout(dropout))
                                       for _ in range(2)])
-        self.head = nn.Conv1d(width, 1, 1)
+        self.head = nn.Conv1d(width, max(1, classes), 1)
         for m in self.modules():
             if isinstance(m, nn.Conv1d):
                 nn.init.kaiming_normal_(m.weight)
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, feats: list[torch.Tensor], target: torch.Tensor | None = None) -> torch.Tensor:
         x = F.silu(sum(p(f.float()) for p, f in zip(self.project, feats)))
-        return self.head(self.blocks(x)).squeeze(1)
+        out = self.head(self.blocks(x))
+        if out.shape[1] == 1:
+            return out.squeeze(1)
+        if target is None:
+            raise ValueError("a class-conditioned decoder needs target (the class explained, (B,))")
+        return out.gather(1, target.view(-1, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
 
 
 class TokenNEM(BaseNEM):
@@ -174,7 +185,8 @@ class TokenNEM(BaseNEM):
     default_substrates: tuple[str, ...] = ("mask",)
 
     def __init__(self, classifier: nn.Module, vocab: Vocab | dict | None = None, *, layers=None,
-                 embedding: str | None = None, width: int = 64, dropout: float = 0.1, substrates=None):
+                 embedding: str | None = None, width: int = 64, dropout: float = 0.1, substrates=None,
+                 condition: bool = True):
         super().__init__()
         vocab = getattr(classifier, "vocab", None) if vocab is None else vocab
         if vocab is None:
@@ -187,14 +199,15 @@ class TokenNEM(BaseNEM):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.encoder = SequenceEncoder(classifier, self.vocab, layers, embedding)
-        self.decoder = SequenceDecoder(self.encoder.channels, width, dropout)
+        self.decoder = SequenceDecoder(self.encoder.channels, width, dropout,
+                                       self.encoder.classes if condition else 0)
         p = next(classifier.parameters(), None)
         if p is not None:
             self.decoder.to(p.device)
         self.substrates = substrates
         self.config = {"vocab": self.vocab.as_dict(), "layers": self.encoder.layers,
                        "embedding": self.encoder.embedding_name, "width": width, "dropout": dropout,
-                       "substrates": list(substrates)}
+                       "substrates": list(substrates), "condition": condition}
         self.history: dict = {}
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +215,7 @@ class TokenNEM(BaseNEM):
         ids = check_ids(ids, self.vocab)
         with torch.no_grad():
             logits, feats = self.encoder(ids)
-        return logits, self.decoder(feats).float()
+        return logits, self.decoder(feats, logits.argmax(1)).float()
 
     def attribute(self, inputs: torch.Tensor, target=None) -> torch.Tensor:
         """Captum-style: an attribution per token, (B, L)."""
