@@ -333,3 +333,53 @@ def test_the_class_conditioned_decoder_reads_the_explained_class_channel(transfo
     torch.testing.assert_close(a, full[torch.arange(6), logits.argmax(1)])
     single = TokenRaNEM(transformer, condition=False)
     assert single.decoder.head.out_channels == 1 and single.explain(ids).shape == (6, 12)
+
+
+class SeqFirstClassifier(torch.nn.Module):
+    """A user's classifier: torch's defaults (sequence-first layers, nested tensors on), a padding
+    mask, and a positional nn.Embedding besides the token one."""
+
+    def __init__(self, batch_first=False):
+        super().__init__()
+        self.batch_first = batch_first
+        self.tok = torch.nn.Embedding(VOCAB.size, 8)
+        self.pos = torch.nn.Embedding(16, 8)
+        layer = torch.nn.TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=batch_first)
+        self.body = torch.nn.TransformerEncoder(layer, 2)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        pad = ids == VOCAB.pad_id
+        if self.batch_first:
+            h = self.body(h, src_key_padding_mask=pad)
+        else:
+            h = self.body(h.transpose(0, 1), src_key_padding_mask=pad).transpose(0, 1)
+        return self.head(h.masked_fill(pad[..., None], 0).sum(1))
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_the_encoder_reads_torch_default_transformers_with_padding(batch_first):
+    torch.manual_seed(0)
+    model = SeqFirstClassifier(batch_first).eval()
+    nem = TokenRaNEM(model, vocab=VOCAB)
+    assert nem.encoder.embedding_name == "tok" and nem.encoder.layers == ["body.layers.0", "body.layers.1"]
+    ids = _ids(3, 10)
+    ids[:, 6:] = VOCAB.pad_id  # trailing padding in every row: the fast path packs it away
+    ids[0, 8:] = 0
+    ids[1, 6:] = 5  # one full row
+    logits, feats = nem.encoder(ids)
+    assert [f.shape for f in feats] == [(3, 8, 10)] * 2
+    torch.testing.assert_close(logits, model(ids))
+    # The hidden states are the layers' outputs, batch-first and channels-first.
+    with torch.no_grad():
+        h = model.tok(ids) + model.pos(torch.arange(10))
+        first = model.body.layers[0](h if batch_first else h.transpose(0, 1), src_key_padding_mask=ids == VOCAB.pad_id)
+        first = first if batch_first else first.transpose(0, 1)
+    real = ids != VOCAB.pad_id
+    torch.testing.assert_close(feats[0].transpose(1, 2)[real], first[real], rtol=1e-4, atol=1e-5)
+    loss, _ = nem.loss(ids, generator=_gen(0), samples=2)
+    loss.backward()
+    assert nem.decoder.head.weight.grad.abs().max() > 0

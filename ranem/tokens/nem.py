@@ -106,6 +106,8 @@ class SequenceEncoder(nn.Module):
         out = out[0] if isinstance(out, (tuple, list)) else out
         if getattr(out, "is_nested", False):  # the encoder's fast path packs padded batches
             out = out.to_padded_tensor(0.0)
+            if out.shape[1] < length:  # the packing drops trailing padding: restore it (as zeros)
+                out = F.pad(out, (0, 0, 0, length - out.shape[1]))
         if not isinstance(out, torch.Tensor) or out.ndim != 3:
             raise TypeError(f"layer {type(module).__name__} does not output (B, L, C) or (B, C, L) hidden states")
         if isinstance(module, nn.TransformerEncoderLayer):
