@@ -23,7 +23,8 @@ from ranem import ops
 from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ranem.cache import atomic_write
 
-__all__ = ["FrozenEncoder", "Decoder", "BaseNEM", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS", "classifier_fingerprint"]
+__all__ = ["FrozenEncoder", "Decoder", "BaseNEM", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS",
+           "classifier_fingerprint"]
 FORMAT = "ranem-nem/1"
 
 

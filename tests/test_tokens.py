@@ -208,7 +208,8 @@ def test_the_planted_tokens_decide_the_class():
         seq = t.ids[row].tolist()
         counts = [sum(first + 3 * c <= s < first + 3 * (c + 1) for s in seq) for c in range(4)]
         assert counts[int(t.labels[row])] == 3 and sorted(counts)[-2] == 2  # 3 evidence vs 2 distractors
-        ev = [i for i, s in enumerate(seq) if first + 3 * int(t.labels[row]) <= s < first + 3 * (int(t.labels[row]) + 1)]
+        c = int(t.labels[row])
+        ev = [i for i, s in enumerate(seq) if first + 3 * c <= s < first + 3 * (c + 1)]
         assert ev == torch.nonzero(t.evidence[row])[:, 0].tolist()
         assert not (t.evidence[row] & t.distractor[row]).any() and int(t.distractor[row].sum()) == 2
     assert torch.equal(evidence_task(50, seed=3).ids, evidence_task(50, seed=3).ids)
@@ -383,3 +384,17 @@ def test_the_encoder_reads_torch_default_transformers_with_padding(batch_first):
     loss, _ = nem.loss(ids, generator=_gen(0), samples=2)
     loss.backward()
     assert nem.decoder.head.weight.grad.abs().max() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_token_operator_and_curves_on_cuda_match_cpu(transformer, task):
+    ids, scores = task.ids[:4], torch.randn(4, 12, generator=_gen(1))
+    k = torch.tensor([1, 4, 8, 12])
+    for substrate in ("random", "delete"):
+        cpu = omega_tokens(ids, scores, k, substrate, task.vocab, generator=_gen(2))
+        gpu = omega_tokens(ids.cuda(), scores.cuda(), k.cuda(), substrate, task.vocab, generator=_gen(2))
+        assert torch.equal(cpu[0], gpu[0].cpu()) and torch.equal(cpu[2], gpu[2].cpu())
+    f_cpu = token_faithfulness(transformer, ids, scores, task.vocab)
+    f_gpu = token_faithfulness(transformer.cuda(), ids.cuda(), scores.cuda(), task.vocab)
+    transformer.cpu()
+    torch.testing.assert_close(f_cpu, f_gpu.cpu(), rtol=1e-4, atol=1e-4)

@@ -98,8 +98,8 @@ def accuracy(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, batch_si
 def train_classifier(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, epochs: int = 5,
                      batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.01, seed: int = 0,
                      progress: bool = True) -> dict:
-    """AdamW with a cosine schedule (per step) on cross-entropy; returns ``{"loss": per-epoch mean
-    loss, "seconds": ...}``. Seeded: same seed, same weights on CPU."""
+    """AdamW with a one-cycle schedule (warm-up, then cosine decay, per step) on cross-entropy;
+    returns ``{"loss": per-epoch mean loss, "seconds": ...}``. Seeded: same seed, same weights on CPU."""
     ids = check_ids(ids, model.vocab if hasattr(model, "vocab") else None)
     if not isinstance(labels, torch.Tensor) or labels.shape != (ids.shape[0],):
         raise ValueError(f"labels must be a ({ids.shape[0]},) tensor (one class per sequence)")

@@ -19,7 +19,8 @@ from ranem.nem import BaseNEM
 from ranem.tokens.ops import (TOKEN_SUBSTRATES, Vocab, _check_vocab, check_ids, mix_embeddings, omega_tokens,
                               token_substrate)
 
-__all__ = ["find_token_embedding", "SequenceEncoder", "SequenceDecoder", "TokenNEM", "TokenRaNEM", "TokenNEMt", "TOKEN_KINDS"]
+__all__ = ["find_token_embedding", "SequenceEncoder", "SequenceDecoder", "TokenNEM", "TokenRaNEM", "TokenNEMt",
+           "TOKEN_KINDS"]
 
 
 def _spread(names: list[str], most: int = 4) -> list[str]:

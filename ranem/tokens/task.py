@@ -65,7 +65,8 @@ def _positive(value, name: str) -> int:
 
 def task_vocab(classes: int = 4, per_class: int = 4, fillers: int = 48) -> Vocab:
     """The vocabulary of ``evidence_task`` with these sizes."""
-    return Vocab(size=2 + _positive(classes, "classes") * _positive(per_class, "per_class") + _positive(fillers, "fillers"))
+    groups = _positive(classes, "classes") * _positive(per_class, "per_class")
+    return Vocab(size=2 + groups + _positive(fillers, "fillers"))
 
 
 def evidence_task(n: int, length: int = 32, classes: int = 4, per_class: int = 4, evidence: int = 3,
