@@ -277,6 +277,8 @@ def test_nems_read_a_1d_cnn_and_nemt_trains(task):
                    vocab=VOCAB)
     with pytest.raises(ValueError, match="data must hold ids"):
         TokenRaNEM(cnn).fit(task.ids[:16] + 100, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="embeddings must be shaped like the token embedding's output"):
+        TokenRaNEM(cnn).encoder.logits(task.ids[:2], torch.zeros(2, 12, 5))
 
 
 # ----------------------------------------------------------------------------- baselines

@@ -126,12 +126,7 @@ class SequenceEncoder(nn.Module):
         hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, (m, o)))
                  for n in self.layers]
         if embeddings is not None:
-            def replace(module, inputs, output):
-                if output.shape != embeddings.shape:
-                    raise ValueError(f"embeddings must be shaped like the token embedding's output "
-                                     f"{tuple(output.shape)}, got {tuple(embeddings.shape)}")
-                return embeddings.to(output.dtype)
-            hooks.append(self.embedding.register_forward_hook(replace))
+            hooks.append(self._replace_embeddings(embeddings))
         try:
             logits = self.classifier(ids)
         finally:
@@ -139,11 +134,19 @@ class SequenceEncoder(nn.Module):
                 h.remove()
         return logits, [self._as_channels_first(*store[n], ids.shape[1]) for n in self.layers]
 
-    def logits(self, ids: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """The classifier's logits on ``ids`` with its token embeddings replaced by ``embeddings``."""
+    def _replace_embeddings(self, embeddings: torch.Tensor):
+        """A forward hook on the token embedding that returns ``embeddings`` in place of its output."""
         def replace(module, inputs, output):
+            if output.shape != embeddings.shape:
+                raise ValueError(f"embeddings must be shaped like the token embedding's output "
+                                 f"{tuple(output.shape)}, got {tuple(embeddings.shape)}")
             return embeddings.to(output.dtype)
-        hook = self.embedding.register_forward_hook(replace)
+        return self.embedding.register_forward_hook(replace)
+
+    def logits(self, ids: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits on ``ids`` with its token embeddings replaced by ``embeddings``
+        (no hidden states recorded: the masked copies of training need only the logits)."""
+        hook = self._replace_embeddings(embeddings)
         try:
             return self.classifier(ids)
         finally:
