@@ -66,6 +66,14 @@ class Settings:
     sensitivity_samples: int = 30
     n_robust: int = 100
     iba_draws: int = 10
+    # The token chapter (ranem.tokens): sequence length, sequences the classifier trains on and its
+    # epochs, sequences and epochs of the token NEMs, held-out sequences scored.
+    token_length: int = 16
+    token_train: int = 512
+    token_classifier_epochs: int = 2
+    token_nem_train: int = 128
+    token_nem_epochs: int = 1
+    token_eval: int = 16
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +93,8 @@ _SETTINGS = {
         nem_train=64, nem_epochs=1, nem_samples=6, nem_batch=16,
         n_eval=4, curve_steps=16,
         rise_masks=64, ig_steps=8, mask_iterations=5, sensitivity_samples=2, n_robust=2, iba_draws=2,
+        token_length=16, token_train=512, token_classifier_epochs=2, token_nem_train=128, token_nem_epochs=1,
+        token_eval=16,
     ),
     "cpu": Settings(
         mode="cpu",
@@ -98,6 +108,9 @@ _SETTINGS = {
         nem_train=2000, nem_epochs=6, nem_samples=4, nem_batch=16,
         n_eval=100, curve_steps=32,
         rise_masks=300, ig_steps=16, mask_iterations=40, sensitivity_samples=2, n_robust=20, iba_draws=4,
+        # Tokens: the classifier trains in about half a minute, each NEM in a few on 2 cores.
+        token_length=32, token_train=6000, token_classifier_epochs=6, token_nem_train=3000, token_nem_epochs=6,
+        token_eval=200,
     ),
     "gpu": Settings(
         mode="gpu",
@@ -108,6 +121,8 @@ _SETTINGS = {
         nem_train=10000, nem_epochs=10, nem_samples=6, nem_batch=32,
         n_eval=1000, curve_steps=224,
         rise_masks=4096, ig_steps=50, mask_iterations=800, sensitivity_samples=30, n_robust=100, iba_draws=10,
+        token_length=64, token_train=20000, token_classifier_epochs=10, token_nem_train=10000, token_nem_epochs=10,
+        token_eval=1000,
     ),
 }
 

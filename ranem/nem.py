@@ -23,7 +23,8 @@ from ranem.baselines._common import check_maps, model_input
 from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8
 from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors
 
-__all__ = ["FrozenEncoder", "Decoder", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS", "classifier_fingerprint"]
+__all__ = ["FrozenEncoder", "Decoder", "BaseNEM", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS",
+           "classifier_fingerprint"]
 FORMAT = "ranem-nem/1"
 MAX_DECODER_WIDTH = 2048  # 8x the default's widest block: anything larger is a typo or a crafted file
 
@@ -231,12 +232,123 @@ def _check_decoder_channels(widths) -> tuple[int, ...]:
     return tuple(widths)
 
 
-class NEM(nn.Module):
-    """Common network of Ra-NEM and NEMt: frozen classifier (encoder) + trainable U-Net decoder.
-    Subclasses define ``loss(x, generator, samples, substrate_mode)``."""
+class BaseNEM(nn.Module):
+    """What every NEM shares, whatever its input (images here, token sequences in ``ranem.tokens``):
+    a frozen classifier read by ``self.encoder`` (its ``classifier`` attribute), a trainable
+    ``self.decoder``, ``self.config`` (JSON-able constructor options), explanation, training through
+    ``ranem.train.train`` and safetensors persistence. Subclasses define ``forward(x) -> (logits,
+    attribution logits)``, ``loss(x, generator, samples, substrate_mode)``, ``prepare(x, device)``
+    (a batch from the data, checked, on the device) and ``validation_faithfulness(x, steps, amp)``."""
 
     kind = "nem"
     default_samples = 1
+    channels_last = False  # whether the training loop may switch to channels-last on CUDA
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.encoder.classifier
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's logits and the attribution, from one forward (eval mode, no noise)."""
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values")
+        with _eval(self):
+            return self(x)
+
+    def explain(self, x: torch.Tensor, target=None) -> torch.Tensor:
+        """Attribution, higher = more important, for the classifier's top-1 class."""
+        logits, a = self.predict(x)
+        self._check_target(target, logits)
+        return a
+
+    @staticmethod
+    def _check_target(target, logits) -> None:
+        if target is None:
+            return
+        from ranem.baselines._common import resolve_target  # its type and shape checks; lazy: no captum here
+        # Given a target, resolve_target reads only the batch size and device of its x: logits serve.
+        t, top = resolve_target(None, logits, target), logits.argmax(1)
+        wrong = (t != top).nonzero().flatten()[:5].tolist()
+        if wrong:
+            raise ValueError(
+                f"target must be None or the classifier's top-1 class of every image: a NEM explains the class "
+                f"its decoder was trained for; images {wrong} have top-1 {top[wrong].tolist()} but target "
+                f"{t[wrong].tolist()}")
+
+    def fit(self, data, epochs: int | None = None, samples: int | None = None, **kwargs) -> dict:
+        """Train the decoder on ``data`` (Dataset, DataLoader or tensor of inputs or (input, label));
+        see ``ranem.train.train`` for the options. Returns the history."""
+        from ranem.train import train
+        return train(self, data, epochs=epochs, samples=samples, **kwargs)
+
+    def loss(self, x, generator=None, samples=None, substrate_mode="input"):  # pragma: no cover
+        raise NotImplementedError
+
+    def prepare(self, x, device) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def validation_faithfulness(self, x, steps: int, amp: bool) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Weights as safetensors (with the config, the classifier fingerprint and the history in its
+        header) plus a readable JSON twin; both written atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"decoder.{k}": v.detach().cpu().contiguous() for k, v in self.decoder.state_dict().items()}
+        history = {k: v for k, v in self.history.items() if not isinstance(v, torch.Tensor)}
+        tensors.update({f"history.{k}": v.detach().cpu().contiguous()
+                        for k, v in self.history.items() if isinstance(v, torch.Tensor)})
+        meta = {"format": FORMAT, "kind": self.kind, "config": self.config,
+                "fingerprint": classifier_fingerprint(self.classifier), "history": history}
+        meta["sha256"] = content_sha256(tensors, meta)  # checked by load: one flipped bit is refused
+        text = json.dumps(meta)
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"ranem": text}))
+        atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
+        return path
+
+    @classmethod
+    def load(cls, path, classifier: nn.Module, check: bool = True) -> "BaseNEM":
+        """A NEM saved by ``save``, attached to ``classifier``. Refuses (ValueError) a checkpoint
+        trained for another classifier unless ``check=False`` (e.g. randomisation tests)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no NEM checkpoint at {path}")
+        meta, tensors = _read_nem_file(path)
+        # A subclass loads its own kind (token NEMs live outside KINDS); NEM/BaseNEM look it up.
+        target = cls if cls.kind == meta["kind"] else KINDS.get(meta["kind"])
+        if target is None:
+            raise CacheError(f"{path} holds a {meta['kind']!r} NEM; known kinds are {sorted(KINDS)} "
+                             "(a token NEM loads with its own class's load)")
+        if cls not in (NEM, BaseNEM) and cls is not target:
+            raise ValueError(f"{path} holds a {meta['kind']} NEM, not a {cls.kind}; use {target.__name__}.load")
+        if check:
+            mine, theirs = classifier_fingerprint(classifier), meta["fingerprint"]
+            if mine != theirs:
+                raise ValueError(
+                    f"{path} was trained for classifier {theirs['name']} (weights sha256 "
+                    f"{theirs['sha256'][:12]}), but the classifier given is {mine['name']} (sha256 "
+                    f"{mine['sha256'][:12]}); a NEM only explains the classifier it was trained for")
+        try:
+            nem = target(classifier, **meta["config"])
+        except (TypeError, ValueError) as err:
+            raise CacheError(f"{path} holds an invalid {meta['kind']} config {meta['config']!r}: {err}") from err
+        dev = next(nem.decoder.parameters()).device
+        nem.decoder.load_state_dict({k[8:]: v.to(dev) for k, v in tensors.items() if k.startswith("decoder.")})
+        nem.history = dict(meta.get("history", {}))
+        nem.history.update({k[8:]: v for k, v in tensors.items() if k.startswith("history.")})
+        return nem
+
+
+class NEM(BaseNEM):
+    """Common network of Ra-NEM and NEMt on images: frozen classifier (encoder) + trainable U-Net
+    decoder. Subclasses define ``loss(x, generator, samples, substrate_mode)``."""
+
+    kind = "nem"
+    default_samples = 1
+    channels_last = True
     default_substrates: tuple[str, ...] = ("zeros", "blur", "noise")
 
     def __init__(self, classifier: nn.Module, *, layers=None, decoder_channels=(256, 128, 64, 32, 16),
@@ -264,10 +376,6 @@ class NEM(nn.Module):
         self.config = {"layers": layers, "decoder_channels": list(decoder_channels), "dropout": dropout,
                        "substrates": list(substrates)}
         self.history: dict = {}
-
-    @property
-    def classifier(self) -> nn.Module:
-        return self.encoder.classifier
 
     def check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
@@ -321,19 +429,27 @@ class NEM(nn.Module):
         ``target`` as in ``explain``; ``ranem.interop.NEMAttribution`` is the full Captum class."""
         return self.explain(inputs, target).unsqueeze(1).expand(inputs.shape)
 
-    @staticmethod
-    def _check_target(target, logits) -> None:
-        if target is None:
-            return
-        from ranem.baselines._common import resolve_target  # its type and shape checks; lazy: no captum here
-        # Given a target, resolve_target reads only the batch size and device of its x: logits serve.
-        t, top = resolve_target(None, logits, target), logits.argmax(1)
-        wrong = (t != top).nonzero().flatten()[:5].tolist()
-        if wrong:
-            raise ValueError(
-                f"target must be None or the classifier's top-1 class of every image: a NEM explains the class "
-                f"its decoder was trained for; images {wrong} have top-1 {top[wrong].tolist()} but target "
-                f"{t[wrong].tolist()}")
+    def prepare(self, x, device) -> torch.Tensor:
+        """A batch of images on ``device``, normalised: uint8 images are scaled and normalised with
+        the classifier's mean/std; float images are taken as normalised."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"data must yield image tensors or (image, ...) tuples, got {type(x).__name__}")
+        x = x.to(device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            from ranem.data.transforms import normalize
+            x = normalize(x, self.mean, self.std)
+        self.check_input(x)
+        if not bool(torch.isfinite(x).all()):  # else the decoder's weights silently become NaN
+            raise ValueError("data must hold finite images: a batch contains NaN or inf values")
+        return x
+
+    @torch.no_grad()
+    def validation_faithfulness(self, x: torch.Tensor, steps: int, amp: bool) -> float:
+        """Mean faithfulness (insertion AUC - deletion AUC, ``steps`` steps) of the NEM's maps on x."""
+        from ranem.metrics import faithfulness
+        scores = [faithfulness(self.classifier, xb, self.explain(xb), steps=steps, autocast=amp).float().cpu()
+                  for xb in x.split(64)]
+        return torch.cat(scores).mean().item()
 
     def substrate_batch(self, x: torch.Tensor, n: int, mode: str, generator=None) -> torch.Tensor:
         """Replacement values for ``n`` copies of each image (image-major), one substrate drawn per
@@ -352,62 +468,6 @@ class NEM(nn.Module):
         image = torch.arange(x.shape[0], device=x.device).repeat_interleave(n)
         return stacked[which, image]
 
-    def fit(self, data, epochs: int | None = None, samples: int | None = None, **kwargs) -> dict:
-        """Train the decoder on ``data`` (Dataset, DataLoader or tensor of images or (image, label));
-        see ``ranem.train.train`` for the options. Returns the history."""
-        from ranem.train import train
-        return train(self, data, epochs=epochs, samples=samples, **kwargs)
-
-    def loss(self, x, generator=None, samples=None, substrate_mode="input"):  # pragma: no cover
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path) -> Path:
-        """Weights as safetensors (with the config, the classifier fingerprint and the history in its
-        header) plus a readable JSON twin; both written atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"decoder.{k}": v.detach().cpu().contiguous() for k, v in self.decoder.state_dict().items()}
-        history = {k: v for k, v in self.history.items() if not isinstance(v, torch.Tensor)}
-        tensors.update({f"history.{k}": v.detach().cpu().contiguous()
-                        for k, v in self.history.items() if isinstance(v, torch.Tensor)})
-        meta = {"format": FORMAT, "kind": self.kind, "config": self.config,
-                "fingerprint": classifier_fingerprint(self.classifier), "history": history}
-        meta["sha256"] = content_sha256(tensors, meta)  # checked by load: one flipped bit is refused
-        text = json.dumps(meta)
-        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"ranem": text}))
-        atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
-        return path
-
-    @classmethod
-    def load(cls, path, classifier: nn.Module, check: bool = True) -> "NEM":
-        """A NEM saved by ``save``, attached to ``classifier``. Refuses (ValueError) a checkpoint
-        trained for another classifier unless ``check=False`` (e.g. randomisation tests)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no NEM checkpoint at {path}")
-        meta, tensors = _read_nem_file(path)
-        target = KINDS[meta["kind"]]
-        if cls is not NEM and cls is not target:
-            raise ValueError(f"{path} holds a {meta['kind']} NEM, not a {cls.kind}; use {target.__name__}.load")
-        if check:
-            mine, theirs = classifier_fingerprint(classifier), meta["fingerprint"]
-            if mine != theirs:
-                raise ValueError(
-                    f"{path} was trained for classifier {theirs['name']} (weights sha256 "
-                    f"{theirs['sha256'][:12]}), but the classifier given is {mine['name']} (sha256 "
-                    f"{mine['sha256'][:12]}); a NEM only explains the classifier it was trained for")
-        try:
-            nem = target(classifier, **meta["config"])
-        except (TypeError, ValueError) as err:
-            raise CacheError(f"{path} holds an invalid {meta['kind']} config {meta['config']!r}: {err}") from err
-        dev = next(nem.decoder.parameters()).device
-        nem.decoder.load_state_dict({k[8:]: v.to(dev) for k, v in tensors.items() if k.startswith("decoder.")})
-        nem.history = dict(meta.get("history", {}))
-        nem.history.update({k[8:]: v for k, v in tensors.items() if k.startswith("history.")})
-        return nem
-
-
 def _read_nem_file(path: Path) -> tuple[dict, dict]:
     """(metadata, tensors) of a file written by ``NEM.save``, its integrity and format checked."""
     rebuild = "delete it and train the NEM again (for the book's NEMs, ranem.train.get_nem does that)"
@@ -423,7 +483,7 @@ def _read_nem_file(path: Path) -> tuple[dict, dict]:
     if digest is not None and content_sha256(tensors, meta) != digest:
         raise CacheError(f"{path}: its content does not match the SHA-256 recorded when it was saved (a changed "
                          f"or corrupted file); {rebuild}")
-    if meta.get("kind") not in KINDS or not isinstance(meta.get("config"), dict):
+    if not isinstance(meta.get("kind"), str) or not isinstance(meta.get("config"), dict):
         raise CacheError(f"{path} names NEM kind {meta.get('kind')!r} with config {meta.get('config')!r}; "
                          f"known kinds are {sorted(KINDS)}")
     return meta, tensors

@@ -1,4 +1,7 @@
-"""Masking operators: substrates that replace removed pixels.
+"""Masking operators: substrates that replace removed pixels, and the Gumbel-top-k mask.
+
+``topk_mask`` is the operator's maths on any flat (B, D) score tensor; ``omega`` applies it to the
+pixels of images, ``ranem.tokens.omega_tokens`` to the tokens of sequences.
 
 Every substrate has one signature, ``substrate(x, generator=None) -> R`` with ``R`` shaped like
 ``x`` (B, C, H, W); it works on any device and on whole batches.
@@ -290,6 +293,47 @@ def _top_k_positions(values: torch.Tensor, k: torch.Tensor, stable: bool) -> tup
     return keep.scatter_(1, idx, switched), at
 
 
+def _check_flat_scores(scores) -> torch.Tensor:
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+    if not scores.is_floating_point():
+        raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}")
+    if scores.ndim != 2 or min(scores.shape) < 1:
+        raise ValueError(f"scores must be a non-empty (B, D) tensor (one row of D features per input), "
+                         f"got shape {tuple(scores.shape)}")
+    _check_finite(scores, "scores")
+    return scores
+
+
+def topk_mask(scores: torch.Tensor, k, generator: torch.Generator | None = None,
+              noise: bool = True) -> torch.Tensor:
+    """The straight-through Gumbel-top-k mask (B, D) of flat scores (B, D): the maths of ``omega``
+    on any feature axis (pixels of an image, tokens of a sequence).
+
+    k: an int or a (B,) integer tensor. Forward: exactly k ones per row, at the top-k of
+    ``scores - logsumexp(scores) + g`` (noise=False: of the scores, ties to the lower index).
+    Backward: the derivative of sigmoid(s_i - s_(k)) with the threshold s_(k) kept in the graph.
+    The mask is float32 for half-precision scores, else in the scores' dtype.
+    """
+    s = _check_flat_scores(scores)
+    b, d = s.shape
+    kk = _per_row_k(k, b, d, s.device)
+    # Work in at least float32: sorting many half-precision values creates ties and the
+    # sigmoid's slope would be rounded away.
+    work = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
+    # scores - logsumexp is <= 0 but is -inf when a row spans more than the dtype's range; the
+    # floor keeps it finite (so threshold differences never give inf - inf = NaN) and is the
+    # identity, gradient included, for every value above it.
+    floor = torch.finfo(work.dtype).min / 4
+    work = (work - torch.logsumexp(work, dim=1, keepdim=True)).clamp(min=floor)
+    if noise:
+        work = work + gumbel(work, generator=generator)
+    hard, at = _top_k_positions(work.detach(), kk, stable=not noise)
+    threshold = work.gather(1, at)  # the k-th largest value, kept in the graph
+    soft = torch.sigmoid(work - threshold)
+    return hard.to(soft.dtype) + (soft - soft.detach())  # forward: exactly hard; backward: the sigmoid's
+
+
 def omega(
     x: torch.Tensor,
     scores: torch.Tensor,
@@ -304,6 +348,9 @@ def omega(
     k: an int, or a (B,) integer tensor with one k per row. substrate: a tensor shaped like x
     (the replacement values R) or a name/callable for ``get_substrate`` (then R = substrate(x, generator)).
     noise=False gives the deterministic top-k of the scores (ties broken towards the lower index).
+
+    The mask maths is ``topk_mask`` on the flattened (B, H*W) scores (``ranem.tokens.omega_tokens``
+    calls the same function on the token axis).
 
     Returns ``(x_masked, mask)`` with ``x_masked = x * M + R * (1 - M)`` and M (B, H, W). In the
     forward pass M is exactly binary with exactly k ones per row (taken from positions in a sort or
@@ -324,21 +371,8 @@ def omega(
     s = _check_scores(scores, x)
     b, d = s.shape
     kk = _per_row_k(k, b, d, s.device)
-    r = _replacement(x, substrate, generator)
-    # Work in at least float32: sorting many half-precision values creates ties and the
-    # sigmoid's slope would be rounded away.
-    work = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
-    # scores - logsumexp is <= 0 but is -inf when a row spans more than the dtype's range; the
-    # floor keeps it finite (so threshold differences never give inf - inf = NaN) and is the
-    # identity, gradient included, for every value above it.
-    floor = torch.finfo(work.dtype).min / 4
-    work = (work - torch.logsumexp(work, dim=1, keepdim=True)).clamp(min=floor)
-    if noise:
-        work = work + gumbel(work, generator=generator)
-    hard, at = _top_k_positions(work.detach(), kk, stable=not noise)
-    threshold = work.gather(1, at)  # the k-th largest value, kept in the graph
-    soft = torch.sigmoid(work - threshold)
-    mask = hard.to(soft.dtype) + (soft - soft.detach())  # forward: exactly hard; backward: the sigmoid's
+    r = _replacement(x, substrate, generator)  # before the Gumbel draw: a noise substrate draws first
+    mask = topk_mask(s, kk, generator=generator, noise=noise)
     mask = mask.to(x.dtype).view(b, 1, x.shape[2], x.shape[3])
     x_masked = x * mask + r * (1 - mask)
     return x_masked, mask.view(b, x.shape[2], x.shape[3])

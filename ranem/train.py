@@ -25,8 +25,7 @@ from tqdm.auto import tqdm
 
 from ranem import config
 from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors, training_lock
-from ranem.data.transforms import normalize
-from ranem.nem import KINDS, NEM, classifier_fingerprint
+from ranem.nem import KINDS, NEM, BaseNEM, classifier_fingerprint
 
 __all__ = ["train", "get_nem", "nem_spec", "plateau_epoch", "CKPT_FORMAT", "NEM_CACHE_VERSION"]
 CKPT_FORMAT = "ranem-train/1"
@@ -49,22 +48,14 @@ def _as_loader(data, batch_size: int, generator: torch.Generator) -> DataLoader:
     return DataLoader(data, batch_size=min(batch_size, n), shuffle=True, generator=generator, drop_last=n > batch_size)
 
 
-def _images(batch, nem: NEM, device) -> torch.Tensor:
-    """The images of a batch (first item of a tuple), on ``device``, normalised: uint8 images are
-    scaled and normalised with the classifier's mean/std; float images are taken as normalised."""
+def _images(batch, nem: BaseNEM, device) -> torch.Tensor:
+    """The inputs of a batch (first item of a tuple), checked and on ``device`` by the NEM's
+    ``prepare``: images normalised (uint8 scaled with the classifier's mean/std), token ids as they are."""
     x = batch[0] if isinstance(batch, (list, tuple)) else batch
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"data must yield image tensors or (image, ...) tuples, got {type(x).__name__}")
-    x = x.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        x = normalize(x, nem.mean, nem.std)
-    nem.check_input(x)
-    if not bool(torch.isfinite(x).all()):  # else the decoder's weights silently become NaN
-        raise ValueError("data must hold finite images: a batch contains NaN or inf values")
-    return x
+    return nem.prepare(x, device)  # checks (finite images included) and normalisation
 
 
-def _stack(data, nem: NEM, device) -> torch.Tensor | None:
+def _stack(data, nem: BaseNEM, device) -> torch.Tensor | None:
     if data is None:
         return None
     if isinstance(data, (Dataset, DataLoader)):
@@ -159,14 +150,8 @@ def _resume_point(checkpoint, nem, run) -> tuple[int, dict | None]:
 
 
 # ----------------------------------------------------------------------------- the loop
-@torch.no_grad()
-def _validate(nem: NEM, x: torch.Tensor, steps: int, amp: bool) -> float:
-    from ranem.metrics import faithfulness
-    scores = []
-    for i in range(0, x.shape[0], 64):
-        xb = x[i:i + 64]
-        scores.append(faithfulness(nem.classifier, xb, nem.explain(xb), steps=steps, autocast=amp).float().cpu())
-    return torch.cat(scores).mean().item()
+def _validate(nem: BaseNEM, x: torch.Tensor, steps: int, amp: bool) -> float:
+    return nem.validation_faithfulness(x, steps, amp)
 
 
 def _check_positive(**values) -> None:
@@ -175,7 +160,7 @@ def _check_positive(**values) -> None:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
-def train(nem: NEM, data, *, epochs: int | None = None, samples: int | None = None, batch_size: int = 32,
+def train(nem: BaseNEM, data, *, epochs: int | None = None, samples: int | None = None, batch_size: int = 32,
           val_data=None, snapshot=None, substrate_mode: str = "input", lr: float = 1.0,
           weight_decay: float = 1e-4, d0: float = 1e-6, t_max: int | None = None, eta_min: float = 1e-6, seed: int = 0,
           checkpoint=None, resume: bool = False, device=None, amp: bool | None = None,
@@ -195,8 +180,8 @@ def train(nem: NEM, data, *, epochs: int | None = None, samples: int | None = No
     checkpoint: a file written atomically after every epoch; ``resume=True`` continues from it.
     callback(epoch, history) runs after each epoch's checkpoint.
     """
-    if not isinstance(nem, NEM):
-        raise TypeError(f"nem must be a RaNEM or NEMt, got {type(nem).__name__}")
+    if not isinstance(nem, BaseNEM):
+        raise TypeError(f"nem must be a RaNEM or NEMt (or a token NEM of ranem.tokens), got {type(nem).__name__}")
     epochs = config.settings().nem_epochs if epochs is None else epochs
     samples = nem.default_samples if samples is None else samples
     _check_positive(epochs=epochs, samples=samples, batch_size=batch_size, curve_steps=curve_steps)
@@ -207,7 +192,8 @@ def train(nem: NEM, data, *, epochs: int | None = None, samples: int | None = No
     amp = cuda if amp is None else bool(amp) and cuda
     amp_dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
     nem.to(device)
-    if cuda:  # channels-last pays on GPUs; on CPU it was measured slower for this decoder
+    channels_last = cuda and nem.channels_last  # images only: token ids have no channels
+    if channels_last:  # channels-last pays on GPUs; on CPU it was measured slower for this decoder
         nem.to(memory_format=torch.channels_last)
     run = {"epochs": epochs, "samples": samples, "batch_size": batch_size, "substrate_mode": substrate_mode,
            "lr": lr, "weight_decay": weight_decay, "d0": d0, "t_max": t_max or 2 * epochs, "eta_min": eta_min,
@@ -242,7 +228,7 @@ def train(nem: NEM, data, *, epochs: int | None = None, samples: int | None = No
         t0, losses, p_masked = time.perf_counter(), [], []
         for batch in loader:
             x = _images(batch, nem, device)
-            if cuda:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 loss, stats = nem.loss(x, generator=generator, samples=samples, substrate_mode=substrate_mode)
@@ -271,7 +257,7 @@ def train(nem: NEM, data, *, epochs: int | None = None, samples: int | None = No
             callback(epoch + 1, history)
     bar.close()
     nem.eval()
-    if cuda:
+    if channels_last:
         nem.to(memory_format=torch.contiguous_format)
     nem.history = history
     return history

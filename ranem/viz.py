@@ -207,3 +207,30 @@ def curve_explorer(x, attribution, insertion, deletion, mean, std, step: int | N
     slider.observe(redraw, names="value")
     redraw()
     return widgets.VBox([slider, out])
+
+
+# ----------------------------------------------------------------------------- tokens
+
+def token_strip(ax, names, attribution, marks=None, title: str | None = None, cmap: str = "inferno"):
+    """One sequence as a row of token boxes coloured by the attribution's rank (light = ranked
+    first), as ``heatmap`` does for pixels. ``names``: the tokens as strings (L,); ``attribution``
+    (L,); ``marks``: optional (L,) labels drawn under the boxes (e.g. "E" for planted evidence)."""
+    from ranem.metrics.robustness import rank_average
+
+    a = torch.as_tensor(attribution).detach().float().cpu().reshape(1, -1)
+    if a.shape[1] != len(names):
+        raise ValueError(f"attribution must have one value per token ({len(names)}), got {a.shape[1]}")
+    ranks = ((rank_average(a)[0] - 1) / max(a.shape[1] - 1, 1)).numpy()
+    colours = plt.get_cmap(cmap)(0.15 + 0.8 * ranks)
+    for i, (name, colour) in enumerate(zip(names, colours)):
+        ax.add_patch(plt.Rectangle((i, 0), 0.95, 1, color=colour))
+        ax.text(i + 0.475, 0.5, name, ha="center", va="center", fontsize=6.5,
+                color="black" if ranks[i] > 0.55 else "white")
+        if marks is not None and marks[i]:
+            ax.text(i + 0.475, -0.35, marks[i], ha="center", va="center", fontsize=7, fontweight="bold")
+    ax.set_xlim(0, len(names))
+    ax.set_ylim(-0.7, 1.05)
+    ax.axis("off")
+    if title:
+        ax.text(-0.3, 0.5, title, ha="right", va="center", fontsize=8)
+    return ax

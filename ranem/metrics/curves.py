@@ -174,14 +174,19 @@ def _check_curve_values(c: torch.Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------- core
-def _scores(model, x, attribution, kinds, counts, substrates, target, batch_size, generator, autocast):
-    """Scores of the rows (image, kind, count): a tensor (B, K, P) for ``counts`` (B, K, P).
+def _scores(model, x, attribution, kinds, counts, substrates, target, batch_size, generator, autocast,
+            replacement=_replacement, compose=_compose):
+    """Scores of the rows (input, kind, count): a tensor (B, K, P) for ``counts`` (B, K, P).
 
     ``kinds`` lists the curve kind of each K slot. One clean forward gives the target and the
-    score of every row whose masked image equals x (all pixels kept), which is not recomputed.
+    score of every row whose masked input equals x (all features kept), which is not recomputed.
+    The maths is the same for every kind of input: ``replacement(x, substrate, generator)`` gives
+    the replacement values of one substrate for the batch and ``compose`` (``_compose``'s
+    signature) builds masked inputs from them; the defaults are those of images, ``ranem.tokens``
+    passes its own for token sequences.
     """
-    b, _, h, w = x.shape
-    d = h * w
+    b = x.shape[0]
+    d = attribution[0].numel()
     batch_size = _positive_int(batch_size, "batch_size")
     dev = x.device
     with torch.inference_mode(), _autocast(autocast, dev):
@@ -189,8 +194,8 @@ def _scores(model, x, attribution, kinds, counts, substrates, target, batch_size
         tgt = _targets(target, probs_clean)
         clean_score = probs_clean.gather(1, tgt[:, None])[:, 0]
         ranks = _ranks(attribution.to(dev))
-        # One substrate image per (kind slot, image), flattened as slot * B + image.
-        subs = torch.cat([_replacement(x, name, generator) for name in substrates])
+        # One substrate per (kind slot, input), flattened as slot * B + input.
+        subs = torch.cat([replacement(x, name, generator) for name in substrates])
         # Rows: image-major, so a chunk holds few images and the gathers stay local.
         k_slots, p = counts.shape[1], counts.shape[2]
         image = torch.arange(b, device=dev).view(b, 1, 1).expand(b, k_slots, p).reshape(-1)
@@ -203,7 +208,7 @@ def _scores(model, x, attribution, kinds, counts, substrates, target, batch_size
         todo = (~full).nonzero()[:, 0]
         for start in range(0, todo.numel(), batch_size):
             rows = todo[start:start + batch_size]
-            inputs = _compose(x, subs, ranks, image[rows], count[rows], deletion[rows], slot[rows] * b + image[rows])
+            inputs = compose(x, subs, ranks, image[rows], count[rows], deletion[rows], slot[rows] * b + image[rows])
             probs = _softmax_rows(model, inputs, rows.numel())
             scores[rows] = probs.gather(1, tgt[image[rows], None])[:, 0]
     return scores.view(b, k_slots, p)
