@@ -175,12 +175,19 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def in_checkout(root: Path = PROJECT_ROOT) -> bool:
+    """Whether the package runs from a checkout of the repository (an editable install), not from
+    an installed wheel: there, the package's parent is site-packages, no place for data."""
+    return (root / "pyproject.toml").is_file() and (root / "ranem" / "__init__.py").is_file()
+
+
 def data_root() -> Path:
     """Where datasets live: ``$RANEM_DATA`` (a relative path is taken from the project root
-    when it does not exist from the working directory), else the project's ``data/``."""
+    when it does not exist from the working directory), else the checkout's ``data/``, else (an
+    installed wheel) ``~/.cache/ranem/data``."""
     env = os.environ.get("RANEM_DATA")
     if not env:
-        return PROJECT_ROOT / "data"
+        return PROJECT_ROOT / "data" if in_checkout() else Path.home() / ".cache" / "ranem" / "data"
     path = Path(env).expanduser()
     if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
         path = PROJECT_ROOT / path

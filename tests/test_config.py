@@ -75,6 +75,19 @@ def test_data_root_and_cache(monkeypatch, tmp_path):
     assert config.data_root() == config.PROJECT_ROOT / "data"
 
 
+def test_an_installed_wheel_keeps_its_data_out_of_site_packages(monkeypatch, tmp_path):
+    monkeypatch.delenv("RANEM_DATA", raising=False)
+    monkeypatch.delenv("RANEM_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    site = tmp_path / "site-packages"
+    (site / "ranem").mkdir(parents=True)
+    (site / "ranem" / "__init__.py").write_text("")
+    assert config.in_checkout() and not config.in_checkout(site)  # no pyproject.toml beside the package
+    monkeypatch.setattr(config, "in_checkout", lambda root=config.PROJECT_ROOT: False)
+    assert config.data_root() == tmp_path / ".cache" / "ranem" / "data"
+    assert config.cache_dir() == tmp_path / ".cache" / "ranem" / "data" / "ranem-cache"
+
+
 def test_every_mode_can_run_offline():
     """cpu mode's CNN comes from a wheel; gpu mode's hub CNN has a wheel to fall back on."""
     from ranem.classifiers import WHEEL_ARCHITECTURES
