@@ -32,3 +32,12 @@ def test_unknown_names_raise_attribute_error():
         ranem.nope
     assert not hasattr(ranem, "nope")
     assert ranem.metrics.faithfulness is ranem.faithfulness  # submodules resolve lazily too
+
+
+def test_the_core_computes_without_the_viz_extra():
+    """ipywidgets is the `viz` extra: training, explaining and scoring never import it. matplotlib is
+    in that extra too, but Captum imports it (and IPython) anyway, for captum.attr's visualisation."""
+    code = ("import sys, ranem.nem, ranem.train, ranem.baselines, ranem.metrics, ranem.classifiers, ranem.tokens\n"
+            "bad = [m for m in ('ipywidgets',) if m in sys.modules]\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

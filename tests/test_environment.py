@@ -1,4 +1,5 @@
 """environment.yml (conda) must list exactly the pip requirements of pyproject.toml."""
+import re
 import tomllib
 from pathlib import Path
 
@@ -7,11 +8,21 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def expanded(reqs: list[str], extras: dict) -> list[str]:
+    """Requirements with the package's own extras (``ranem[viz]``) replaced by what they list."""
+    out = []
+    for r in reqs:
+        own = re.fullmatch(r"ranem\[(\w+)\]", r.replace(" ", ""))
+        out += expanded(extras[own.group(1)], extras) if own else [r]
+    return out
+
+
 def pyproject_requirements() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     reqs = list(project["dependencies"])
     for extra in ("book", "test", "lite"):
-        reqs += project["optional-dependencies"][extra]
+        reqs += expanded(extras[extra], extras)
     return {r.replace(" ", "") for r in reqs}
 
 
