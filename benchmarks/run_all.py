@@ -44,11 +44,9 @@ def run_one(name: str, argv: list[str]) -> list[Row]:
     try:
         module = importlib.import_module(name)
         return module.run(module.parser().parse_args(argv))
-    except ModuleNotFoundError as err:
-        if err.name not in PEERS:
-            raise
-        return [peer_missing(name, "(whole benchmark)", None, PEERS[err.name])]
     except Exception as err:  # noqa: BLE001  (one broken benchmark must not lose the others' rows)
+        if isinstance(err, ModuleNotFoundError) and err.name in PEERS:
+            return [peer_missing(name, "(whole benchmark)", None, PEERS[err.name])]
         traceback.print_exc()
         return [Row(name, f"failed: {type(err).__name__}: {err}", None, None, None, "see the run's output")]
 
