@@ -1,4 +1,5 @@
-# Two entry points (see README): `make book` builds the book, `make test` runs every test.
+# Two entry points (see README): `make book` builds the book, `make test` runs every test;
+# `make bench` measures the benchmarks' ratios.
 # Both create the virtual environment first when it is missing.
 PYTHON ?= python3
 VENV ?= .venv

@@ -119,7 +119,7 @@ def run(args) -> list:
         if peer is not None:
             peer_times.append(timed(peer, device))
 
-    setting = f"{args.model} {args.size} px, {b} images"
+    setting = f"{args.model} {args.size} px ({origin}), {b} images"
     rows = []
     print(f"\n{'method':<22} {'ours s/img':>11} {'floor s/img':>12} {'ours/floor':>11}")
     for name, _, _ in cases:

@@ -88,7 +88,7 @@ def run(args) -> list:
     print(f"ranem / floor = {med['ranem'] / med['floor']:.2f}  (target <= 1.25)")
     if "naive" in med:
         print(f"naive / ranem = {med['naive'] / med['ranem']:.1f}x  (target >= 10 on a GPU)")
-    setting = f"{args.model} {args.size} px, {args.images} images, {steps} steps"
+    setting = f"{args.model} {args.size} px (random weights), {args.images} images, {steps} steps"
     out = [row("curves", "insertion + deletion curves / floor", med["ranem"], med["floor"],
                f"the {rows} forwards both curves score, unmasked, in batches of {args.batch_size} "
                f"(target <= 1.25); {setting}")]

@@ -61,7 +61,8 @@ def run(args) -> list:
         print(f"  ranem / forward    = {med['ranem'] / med['forward']:.2f}  (target <= 1.3)")
         print(f"  saliency / ranem   = {med['saliency'] / med['ranem']:.2f}  (target >= 1.5 at batch 1)")
         rows += [row("explain", f"Ra-NEM explain / classifier forward, batch {batch}", med["ranem"], med["forward"],
-                     f"the classifier's forward alone on the same batch (target <= 1.3); {args.model} {args.size} px"),
+                     f"the classifier's forward alone on the same batch (target <= 1.3); {args.model} {args.size} px, "
+                     "random weights (latency does not depend on them)"),
                  row("explain", f"Ra-NEM explain / Saliency, batch {batch}", med["ranem"], med["saliency"],
                      "Saliency (Captum): forward + backward to the input (target <= 1/1.5 = 0.67 at batch 1)")]
     return rows

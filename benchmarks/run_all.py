@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import importlib.metadata as md
 import platform
 import sys
 import time
@@ -75,6 +76,17 @@ def machine() -> str:
     return f"{cpu_model()}, {torch.get_num_threads()} torch threads (benchmarks on cpu)"
 
 
+def peer_versions() -> str:
+    """Which peers this environment has: their rows are measured only where they are installed."""
+    found = []
+    for package in PEERS.values():
+        try:
+            found.append(f"{package} {md.version(package)}")
+        except md.PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return "peers: " + ", ".join(found)
+
+
 def seconds(t: float | None) -> str:
     if t is None:
         return "—"
@@ -116,7 +128,7 @@ def main(argv=None) -> int:
     chosen = [(n, a) for n, a in BENCHMARKS if not args.only or n in args.only]
     when, start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     rows = collect(chosen)
-    text = table(rows, when, machine(), time.perf_counter() - start)
+    text = table(rows, when, f"{machine()}; {peer_versions()}", time.perf_counter() - start)
     args.out.write_text(text)
     print(f"\n{text}\nwritten to {args.out}")
     return 1 if any(r.what.startswith("failed") for r in rows) else 0

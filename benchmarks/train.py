@@ -96,7 +96,7 @@ def run(args) -> list:
             projected = 10 * 10_000 / args.batch * med[kind]
             print(f"  {kind}: 10 epochs x 10k images = {projected:.0f} s projected "
                   f"(paper, RTX 4090: {PAPER_SECONDS[kind]} s; ratio {projected / PAPER_SECONDS[kind]:.2f})")
-    setting = f"{args.model} {args.size} px, batch {args.batch}"
+    setting = f"{args.model} {args.size} px (random weights), batch {args.batch}"
     return [row("train", f"Ra-NEM training step / floor (S = {args.samples})", med["ranem"], med["floor S"],
                 f"classifier forward on the clean batch + forward/backward to the input on the S x B "
                 f"unmasked copies, no decoder; {setting}"),
