@@ -92,6 +92,8 @@ def run(args) -> list:
     k = d // args.steps
     print(f"model {args.model} ({origin}) at {args.size} px, {b} images, device {device}, "
           f"torch threads {torch.get_num_threads()}, quantus {quantus.__version__ if quantus else 'not installed'}")
+    if quantus is None:
+        print("Quantus not installed: every metric is compared with its floor only")
     setting = f"{args.model} {args.size} px ({origin}), {b} images"
     rows = []
 
