@@ -105,8 +105,9 @@ def table(rows: list[Row], when: dt.datetime, where: str, took_s: float) -> str:
         f"Measured {when:%Y-%m-%d %H:%M} UTC on {where}, torch {torch.__version__}, by `make bench` "
         f"(`benchmarks/run_all.py`, {took_s / 60:.1f} min in all).",
         "",
-        "ratio = ours / floor or peer, both timed in the same run (medians over interleaved repeats; "
-        "below 1: ours is faster). Times are per call unless the row says per image.",
+        "ratio = ours / floor or peer, both timed in the same run (medians of repeats, interleaved except in "
+        "the metrics rows, which time each side's repeats back to back; below 1: ours is faster). "
+        "Times are per call unless the row says per image.",
         "",
         "| # | benchmark | ratio | ours | floor / peer | what |",
         "|---:|---|---:|---:|---:|---|",
