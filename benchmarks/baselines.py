@@ -20,6 +20,7 @@ captum-rise from a separate environment, never the project's:
 """
 from __future__ import annotations
 
+import importlib.metadata as md
 import statistics
 
 import torch
@@ -27,7 +28,7 @@ import torch
 from ranem import baselines
 from ranem.baselines.gradcam import hooked_activation
 from ranem.metrics import explain_time, spearman
-from _common import benchmark_parser, device_from, load_model, timed
+from _common import benchmark_parser, device_from, import_peer, load_model, peer_missing, row, timed
 
 
 def forwards(model, x, rows, batch_size, backward=False):
@@ -52,14 +53,19 @@ def cam_floor(model, x):
         torch.autograd.grad(out[:, 0].sum(), hook.value)
 
 
-def main():
+def parser():
     ap = benchmark_parser(__doc__.splitlines()[0], repeats=3)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--masks", type=int, default=1000)
     ap.add_argument("--ig-steps", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=256)
-    args = ap.parse_args()
+    ap.add_argument("--skip-per-image", action="store_true", help="skip the batch-size-1 timings")
+    return ap
+
+
+def run(args) -> list:
+    """Print the timings and return the rows ours / floor per method and ours / captum-rise."""
     device = device_from(args)
     model, origin = load_model(args.model, args.size, device)
     x = torch.randn(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -93,12 +99,12 @@ def main():
          lambda: [forwards(model, x, b * 10, bs, True) for _ in range(10)]),
     ]
     peer = None
-    try:
-        from rise import RISE as CaptumRISE  # captum-rise, benchmark only
+    captum_rise = import_peer("rise")  # captum-rise, benchmark only
+    if captum_rise is not None:
         prob_model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1))
-        peer = lambda: CaptumRISE(prob_model).attribute(x, n_masks=args.masks, initial_mask_shapes=((7, 7),),
-                                                        target=target)
-    except ImportError:
+        peer = lambda: captum_rise.RISE(prob_model).attribute(x, n_masks=args.masks, initial_mask_shapes=((7, 7),),
+                                                              target=target)
+    else:
         print("captum-rise not installed: RISE is compared with its floor only")
 
     times = {name: ([], []) for name, _, _ in cases}
@@ -113,13 +119,19 @@ def main():
         if peer is not None:
             peer_times.append(timed(peer, device))
 
+    setting = f"{args.model} {args.size} px ({origin}), {b} images"
+    rows = []
     print(f"\n{'method':<22} {'ours s/img':>11} {'floor s/img':>12} {'ours/floor':>11}")
     for name, _, _ in cases:
         o, f = statistics.median(times[name][0]) / b, statistics.median(times[name][1]) / b
         print(f"{name:<22} {o:>11.4f} {f:>12.4f} {o / f:>11.2f}")
-
-    if peer is not None:
-        ours_rise = statistics.median(times["rise"][0])
+        rows.append(row("baselines", f"{name} / floor (per image)", o, f,
+                        f"the forward (+ backward) passes {name} cannot avoid, as plain batches; {setting}"))
+    ours_rise = statistics.median(times["rise"][0])
+    what = f"RISE / captum-rise, {args.masks} masks (per image)"
+    if peer is None:
+        rows.append(peer_missing("baselines", what, ours_rise / b, "captum-rise"))
+    else:
         theirs = statistics.median(peer_times)
         a = baselines.rise(model, x, target, masks=args.masks, seed=0)
         a2 = baselines.rise(model, x, target, masks=args.masks, seed=1)
@@ -132,13 +144,26 @@ def main():
         print(f"RISE maps, mean Spearman correlation: ours vs captum-rise {spearman(a, c).mean():.3f}; "
               f"Monte-Carlo noise levels: ours seed 0 vs seed 1 {spearman(a, a2).mean():.3f}, captum-rise vs "
               f"captum-rise {spearman(c, c2).mean():.3f}")
+        rows.append(row("baselines", what, ours_rise / b, theirs / b,
+                        f"captum-rise {md.version('captum-rise')} (one forward per mask, masks built in Python); "
+                        f"maps' mean Spearman correlation with ours {spearman(a, c).mean():.2f} (ours vs ours, "
+                        f"two seeds: {spearman(a, a2).mean():.2f}); {setting}"))
+    if not args.skip_per_image:
+        per_image(args, model, x, [name for name, _, _ in cases])
+    return rows
 
+
+def per_image(args, model, x, names):
     print(f"\nseconds per image at batch size 1 (label forward included, {args.repeats} repeats):")
-    for name, _, _ in cases:
+    for name in names:
         opts = {"integrated_gradients": {"steps": args.ig_steps}, "rise": {"masks": args.masks},
                 "smooth_pixel_mask": {"iterations": args.iterations}}.get(name, {})
         fn = baselines.get_explainer(name, **opts)
         print(f"  {name:<22} {explain_time(fn, model, x[:2], repeats=args.repeats, batched=False)['per_image']:.4f}")
+
+
+def main():
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

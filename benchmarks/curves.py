@@ -21,7 +21,7 @@ import torch
 from ranem.metrics import faithfulness
 from ranem.metrics.curves import pixel_counts
 from ranem.ops import blur
-from _common import benchmark_parser, device_from, round_robin
+from _common import benchmark_parser, device_from, round_robin, row
 
 
 def floor_run(model, x, rows, batch_size):
@@ -53,13 +53,17 @@ def naive_run(model, x, attribution, steps):
                     model(masked).softmax(1)[0, cls]
 
 
-def main():
-    parser = benchmark_parser(__doc__.splitlines()[0], repeats=3)
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=None, help="default: the image width (RISE)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--skip-naive", action="store_true")
-    args = parser.parse_args()
+def parser():
+    p = benchmark_parser(__doc__.splitlines()[0], repeats=3)
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--steps", type=int, default=None, help="default: the image width (RISE)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--skip-naive", action="store_true")
+    return p
+
+
+def run(args) -> list:
+    """Print the timings and return the rows curves / floor (and naive / curves)."""
     device = device_from(args)
     steps = args.steps or args.size
     torch.manual_seed(0)
@@ -84,6 +88,18 @@ def main():
     print(f"ranem / floor = {med['ranem'] / med['floor']:.2f}  (target <= 1.25)")
     if "naive" in med:
         print(f"naive / ranem = {med['naive'] / med['ranem']:.1f}x  (target >= 10 on a GPU)")
+    setting = f"{args.model} {args.size} px (random weights), {args.images} images, {steps} steps"
+    out = [row("curves", "insertion + deletion curves / floor", med["ranem"], med["floor"],
+               f"the {rows} forwards both curves score, unmasked, in batches of {args.batch_size} "
+               f"(target <= 1.25); {setting}")]
+    if "naive" in med:
+        out.append(row("curves", "insertion + deletion curves / naive loop", med["ranem"], med["naive"],
+                       f"one batch-1 forward per point per image per curve; {setting}"))
+    return out
+
+
+def main():
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

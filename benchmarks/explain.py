@@ -21,13 +21,18 @@ import torch
 
 from ranem.baselines import saliency
 from ranem.nem import RaNEM
-from _common import benchmark_parser, device_from, round_robin
+from _common import benchmark_parser, device_from, round_robin, row
 
 
-def main():
-    parser = benchmark_parser(__doc__.splitlines()[0], repeats=15)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    args = parser.parse_args()
+def parser():
+    p = benchmark_parser(__doc__.splitlines()[0], repeats=15)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    return p
+
+
+def run(args) -> list:
+    """Print the timings and return their rows (ratio = Ra-NEM / forward, Ra-NEM / Saliency)."""
+    rows = []
     device = device_from(args)
     torch.manual_seed(0)
     kwargs = {"img_size": args.size} if "vit" in args.model else {}
@@ -55,6 +60,16 @@ def main():
             print(f"  {name:<9} {1000 * t:9.2f} ms  {1000 * t / batch:8.3f} ms/image")
         print(f"  ranem / forward    = {med['ranem'] / med['forward']:.2f}  (target <= 1.3)")
         print(f"  saliency / ranem   = {med['saliency'] / med['ranem']:.2f}  (target >= 1.5 at batch 1)")
+        rows += [row("explain", f"Ra-NEM explain / classifier forward, batch {batch}", med["ranem"], med["forward"],
+                     f"the classifier's forward alone on the same batch (target <= 1.3); {args.model} {args.size} px, "
+                     "random weights (latency does not depend on them)"),
+                 row("explain", f"Ra-NEM explain / Saliency, batch {batch}", med["ranem"], med["saliency"],
+                     "Saliency (Captum): forward + backward to the input (target <= 1/1.5 = 0.67 at batch 1)")]
+    return rows
+
+
+def main():
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -36,10 +36,14 @@ from ranem.baselines import saliency
 from ranem.metrics import avg_sensitivity, deletion_curve, mprt
 from ranem.metrics.robustness import _reset_top_down
 
-if not hasattr(np, "trapz"):  # Quantus 0.6 still calls np.trapz (removed in NumPy 2.4)
-    np.trapz = np.trapezoid
-import quantus  # noqa: E402  (after the NumPy patch)
-from _common import benchmark_parser, device_from, load_model, median_time
+from _common import benchmark_parser, device_from, import_peer, load_model, median_time, peer_missing, row
+
+
+def import_quantus():
+    """Quantus, or None when it is not installed (it never is in the project's environment)."""
+    if not hasattr(np, "trapz"):  # Quantus 0.6 still calls np.trapz (removed in NumPy 2.4)
+        np.trapz = np.trapezoid
+    return import_peer("quantus")
 
 
 class Expand3(torch.nn.Module):
@@ -57,13 +61,19 @@ def explain_np(model, inputs, targets, **kwargs):
     return saliency(model, x, t).unsqueeze(1).cpu().numpy()
 
 
-def main():
+def parser():
     ap = benchmark_parser(__doc__.splitlines()[0], repeats=3)
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--samples", type=int, default=10)
-    args = ap.parse_args()
+    return ap
+
+
+def run(args) -> list:
+    """Print values and timings; return the rows ours / Quantus and ours / floor of each metric.
+    Without Quantus the floors are still measured and the Quantus rows say so."""
     warnings.filterwarnings("ignore")
+    quantus = import_quantus()
     device = device_from(args)
     model, origin = load_model(args.model, args.size, device)
     g = torch.Generator().manual_seed(0)
@@ -81,7 +91,23 @@ def main():
     b, d = x.shape[0], args.size * args.size
     k = d // args.steps
     print(f"model {args.model} ({origin}) at {args.size} px, {b} images, device {device}, "
-          f"torch threads {torch.get_num_threads()}, quantus {quantus.__version__}")
+          f"torch threads {torch.get_num_threads()}, quantus {quantus.__version__ if quantus else 'not installed'}")
+    if quantus is None:
+        print("Quantus not installed: every metric is compared with its floor only")
+    setting = f"{args.model} {args.size} px ({origin}), {b} images"
+    rows = []
+
+    def vs_quantus(what, ours_s, fn, diff, values):
+        """The row ours / Quantus: ``fn`` runs Quantus; ``diff`` gives the largest |ours - Quantus|."""
+        if quantus is None:
+            rows.append(peer_missing("metrics", what, ours_s, "Quantus"))
+            return
+        theirs, t_q = median_time(fn, device, args.repeats)
+        d = diff(theirs)
+        print(f"{what}: max |ours - Quantus| = {d:.2e} (values ~{values:.3f}); ours {ours_s:.3f} s, "
+              f"Quantus {t_q:.3f} s: Quantus/ours = {t_q / ours_s:.2f}")
+        rows.append(row("metrics", what, ours_s, t_q, f"Quantus {quantus.__version__} on the same inputs; "
+                        f"values agree to {d:.1e} (values ~{values:.2f}); {setting}"))
 
     # ---------------------------------------------------------------- deletion curve
     # Quantus flips *values*, not pixels, in steps that must divide H * W: with 3 channels its steps
@@ -94,16 +120,16 @@ def main():
         y_gray = gray_model(gray).argmax(1)
     ours, t_ours = median_time(lambda: deletion_curve(gray_model, gray, attribution, pixels_per_step=k, target=y_gray),
                                device, args.repeats)
-    pf = quantus.PixelFlipping(features_in_step=k, perturb_baseline=0.0, normalise=False, abs=False,
-                               disable_warnings=True)
-    theirs, t_q = median_time(lambda: pf(model=gray_model, x_batch=gray.cpu().numpy(), y_batch=y_gray.cpu().numpy(),
-                                         a_batch=attribution[:, None].cpu().numpy(), device=str(device),
-                                         softmax=True, batch_size=b), device, args.repeats)
 
-    diff = np.abs(np.asarray(theirs) - ours[:, 1:].cpu().numpy()).max()
-    print(f"\ndeletion curve ({args.steps} steps, one-channel copies): max |ours - Quantus| = {diff:.2e} "
-          f"(values up to {ours.max():.3f}); ours {t_ours:.3f} s, Quantus {t_q:.3f} s: "
-          f"Quantus/ours = {t_q / t_ours:.2f}")
+    def quantus_deletion():
+        pf = quantus.PixelFlipping(features_in_step=k, perturb_baseline=0.0, normalise=False, abs=False,
+                                   disable_warnings=True)
+        return pf(model=gray_model, x_batch=gray.cpu().numpy(), y_batch=y_gray.cpu().numpy(),
+                  a_batch=attribution[:, None].cpu().numpy(), device=str(device), softmax=True, batch_size=b)
+    print()
+    vs_quantus(f"deletion curve ({args.steps} steps, one-channel images) / Quantus PixelFlipping", t_ours,
+               quantus_deletion, lambda theirs: np.abs(np.asarray(theirs) - ours[:, 1:].cpu().numpy()).max(),
+               ours.mean().item())
 
     def floor_curve():  # the same (steps + 1) x B forwards on RGB images, in batches as large as ours
         rows, pool = (args.steps + 1) * b, x.repeat(-(-256 // b), 1, 1, 1)[:256]
@@ -115,6 +141,8 @@ def main():
     _, t_floor = median_time(floor_curve, device, args.repeats)
     print(f"deletion curve on the RGB images: ours {t_rgb:.3f} s, floor {t_floor:.3f} s: ours/floor = "
           f"{t_rgb / t_floor:.2f}")
+    rows.append(row("metrics", f"deletion curve ({args.steps} steps) / floor", t_rgb, t_floor,
+                    f"the (steps + 1) x B unmasked forwards in batches of 256; {setting}"))
 
     # ---------------------------------------------------------------- Average Sensitivity
     s, radius = args.samples, 0.2
@@ -135,7 +163,8 @@ def main():
                                         disable_warnings=True, return_nan_when_prediction_changes=False)
         return metric(model=model, x_batch=x.cpu().numpy(), y_batch=y.cpu().numpy(), a_batch=None,
                       explain_func=explain_np, device=str(device), batch_size=b)
-    theirs, t_q = median_time(quantus_sensitivity, device, args.repeats)
+    vs_quantus(f"Average Sensitivity ({s} samples) / Quantus AvgSensitivity", t_ours, quantus_sensitivity,
+               lambda theirs: np.abs(np.asarray(theirs) - ours.cpu().numpy()).max(), ours.mean().item())
 
     noisy = (x[None] + noise.to(device)).flatten(0, 1)
 
@@ -144,10 +173,9 @@ def main():
         for i in range(s):
             saliency(model, noisy[i * b:(i + 1) * b], y)
     _, t_floor = median_time(floor_sensitivity, device, args.repeats)
-    diff = np.abs(np.asarray(theirs) - ours.cpu().numpy()).max()
-    print(f"Average Sensitivity ({s} samples): max |ours - Quantus| = {diff:.2e} (values ~{ours.mean():.3f}); "
-          f"ours {t_ours:.3f} s, Quantus {t_q:.3f} s, floor {t_floor:.3f} s: "
-          f"Quantus/ours = {t_q / t_ours:.2f}, ours/floor = {t_ours / t_floor:.2f}")
+    print(f"Average Sensitivity: ours {t_ours:.3f} s, floor {t_floor:.3f} s: ours/floor = {t_ours / t_floor:.2f}")
+    rows.append(row("metrics", f"Average Sensitivity ({s} samples) / floor", t_ours, t_floor,
+                    f"Saliency on the clean and the {s} noisy batches; {setting}"))
 
     # ---------------------------------------------------------------- MPRT
     def same_randomisation(self, order="top_down", seed=42):
@@ -158,7 +186,8 @@ def main():
         for j, name in enumerate(names):
             _reset_top_down(clone, seed, j, j + 1)
             yield name, clone
-    quantus.helpers.model.pytorch_model.PyTorchModel.get_random_layer_generator = same_randomisation
+    if quantus is not None:
+        quantus.helpers.model.pytorch_model.PyTorchModel.get_random_layer_generator = same_randomisation
     ours, t_ours = median_time(lambda: mprt(saliency, model, x, y, seed=0, abs=True), device, args.repeats)
 
     def quantus_mprt():
@@ -166,17 +195,22 @@ def main():
                               disable_warnings=True)
         return metric(model=model, x_batch=x.cpu().numpy(), y_batch=y.cpu().numpy(), a_batch=None,
                       explain_func=explain_np, device=str(device), batch_size=b)
-    theirs, t_q = median_time(quantus_mprt, device, args.repeats)
+    vs_quantus("MPRT (fully randomised) / Quantus MPRT", t_ours, quantus_mprt,
+               lambda theirs: np.abs(np.asarray(theirs, dtype=float) - ours.cpu().numpy()).max(), ours.mean().item())
 
     def floor_mprt():
         from ranem.metrics import randomised_copy
         saliency(model, x, y)
         saliency(randomised_copy(model, 0), x, y)
     _, t_floor = median_time(floor_mprt, device, args.repeats)
-    diff = np.abs(np.asarray(theirs, dtype=float) - ours.cpu().numpy()).max()
-    print(f"MPRT (fully randomised): max |ours - Quantus| = {diff:.2e} (values ~{ours.mean():.3f}); "
-          f"ours {t_ours:.3f} s, Quantus {t_q:.3f} s, floor {t_floor:.3f} s: "
-          f"Quantus/ours = {t_q / t_ours:.2f}, ours/floor = {t_ours / t_floor:.2f}")
+    print(f"MPRT: ours {t_ours:.3f} s, floor {t_floor:.3f} s: ours/floor = {t_ours / t_floor:.2f}")
+    rows.append(row("metrics", "MPRT (fully randomised) / floor", t_ours, t_floor,
+                    f"Saliency on the original and on the randomised model; {setting}"))
+    return rows
+
+
+def main():
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 from prodigyopt import Prodigy
 
 from ranem.nem import NEMt, RaNEM
-from _common import benchmark_parser, device_from, round_robin
+from _common import benchmark_parser, device_from, round_robin, row
 
 PAPER_SECONDS = {"ranem": 700, "nemt": 335}  # ResNet50, 10 epochs x 10k images, RTX 4090 (Table 7)
 
@@ -54,11 +54,15 @@ def make_step(nem, x, samples, amp):
     return step
 
 
-def main():
-    parser = benchmark_parser(__doc__.splitlines()[0], repeats=5)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=6)
-    args = parser.parse_args()
+def parser():
+    p = benchmark_parser(__doc__.splitlines()[0], repeats=5)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--samples", type=int, default=6)
+    return p
+
+
+def run(args) -> list:
+    """Print the timings and return the rows step / floor for Ra-NEM and NEMt."""
     device = device_from(args)
     amp = device.type == "cuda"
     torch.manual_seed(0)
@@ -92,6 +96,16 @@ def main():
             projected = 10 * 10_000 / args.batch * med[kind]
             print(f"  {kind}: 10 epochs x 10k images = {projected:.0f} s projected "
                   f"(paper, RTX 4090: {PAPER_SECONDS[kind]} s; ratio {projected / PAPER_SECONDS[kind]:.2f})")
+    setting = f"{args.model} {args.size} px (random weights), batch {args.batch}"
+    return [row("train", f"Ra-NEM training step / floor (S = {args.samples})", med["ranem"], med["floor S"],
+                f"classifier forward on the clean batch + forward/backward to the input on the S x B "
+                f"unmasked copies, no decoder; {setting}"),
+            row("train", "NEMt training step / floor (S = 1)", med["nemt"], med["floor 1"],
+                f"the same floor with S = 1; {setting}")]
+
+
+def main():
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":
