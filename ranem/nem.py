@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from ranem import ops
 from ranem.baselines._common import check_maps, model_input
-from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8
+from ranem.data.transforms import model_statistics, normalise_uint8
 from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors
 
 __all__ = ["FrozenEncoder", "Decoder", "BaseNEM", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS",
@@ -368,10 +368,7 @@ class NEM(BaseNEM):
         p = next(classifier.parameters(), None)
         if p is not None:
             self.decoder.to(p.device)
-        info = getattr(classifier, "ranem_info", None) or {}
-        cfg = getattr(classifier, "pretrained_cfg", None) or {}
-        self.mean = tuple(info.get("mean") or cfg.get("mean") or IMAGENET_MEAN)
-        self.std = tuple(info.get("std") or cfg.get("std") or IMAGENET_STD)
+        self.mean, self.std = model_statistics(classifier)  # the rule every explainer's uint8 input follows
         self.substrates = substrates
         self.config = {"layers": layers, "decoder_channels": list(decoder_channels), "dropout": dropout,
                        "substrates": list(substrates)}
@@ -434,10 +431,7 @@ class NEM(BaseNEM):
         the classifier's mean/std; float images are taken as normalised."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"data must yield image tensors or (image, ...) tuples, got {type(x).__name__}")
-        x = x.to(device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            from ranem.data.transforms import normalize
-            x = normalize(x, self.mean, self.std)
+        x = normalise_uint8(x.to(device, non_blocking=True), self.mean, self.std)
         self.check_input(x)
         if not bool(torch.isfinite(x).all()):  # else the decoder's weights silently become NaN
             raise ValueError("data must hold finite images: a batch contains NaN or inf values")
