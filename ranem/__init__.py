@@ -37,7 +37,7 @@ _EXPORTS = {
     "quantus_explain_func": "ranem.interop",
 }
 _SUBMODULES = {"baselines", "bounds", "cache", "classifiers", "config", "data", "interop", "metrics", "nem",
-               "ops", "pretrained", "train", "viz"}
+               "ops", "pretrained", "train", "viz", "zoo"}
 
 __all__ = ["__version__", *_EXPORTS]
 

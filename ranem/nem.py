@@ -464,7 +464,7 @@ class NEM(BaseNEM):
 
 def _read_nem_file(path: Path) -> tuple[dict, dict]:
     """(metadata, tensors) of a file written by ``NEM.save``, its integrity and format checked."""
-    rebuild = "delete it and train the NEM again (for the book's NEMs, ranem.train.get_nem does that)"
+    rebuild = "delete it and train the NEM again (for the book's NEMs, ranem.zoo.get_nem does that)"
     tensors, header = read_safetensors(path, rebuild)
     try:
         meta = json.loads(header.get("ranem", "{}"))

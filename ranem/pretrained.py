@@ -133,7 +133,7 @@ def pretrained_classifier(name: str = "efficientnet_lite0", image_size: int | No
     (mean = std = 0.5), the ten Imagenette classes and the ImageNet output column of each
     (``label_index``), the image size the model will be fed (``image_size``, default the model's
     native 224/240/260 px; the network itself accepts any size). ``val_accuracy`` is None here;
-    ``ranem.classifiers.get_classifier`` measures and caches it.
+    ``ranem.zoo.get_classifier`` measures and caches it.
     """
     from ranem.data import IMAGENETTE_CLASSES, IMAGENETTE_IMAGENET_INDEX
     _, _, arch, native = _check_name(name)

@@ -1,16 +1,17 @@
-"""One training loop for every NEM (Ra-NEM, NEMt), and the book's cache of trained NEMs.
+"""One training loop for every NEM (Ra-NEM, NEMt, the token NEMs), with resumable checkpoints.
 
 ``train(nem, data, ...)``: the NEM defines its loss on a batch (``nem.loss``); this loop adds
 Prodigy (lr 1, weight decay 1e-4) on the decoder only, cosine annealing stepped per epoch, mixed
 precision and channels-last on CUDA, a progress bar, a history (loss per step and epoch, validation
 faithfulness per epoch, attributions of a few fixed images after each epoch), an atomic checkpoint
 after every epoch and ``resume=True`` continuing exactly where it stopped (same seed, same result
-on CPU). ``get_nem(...)`` trains-or-loads the NEMs the book's chapters share.
+on CPU). ``plateau_epoch`` reads where a learning curve stops rising. The NEMs the book's chapters
+share are trained and cached by ``ranem.zoo.get_nem``.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import importlib
 import io
 import json
 import time
@@ -24,13 +25,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from ranem import config
-from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors, training_lock
-from ranem.nem import KINDS, NEM, BaseNEM, classifier_fingerprint
+from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors
+from ranem.nem import BaseNEM, classifier_fingerprint
 
-__all__ = ["train", "get_nem", "nem_spec", "plateau_epoch", "CKPT_FORMAT", "NEM_CACHE_VERSION"]
+__all__ = ["train", "plateau_epoch", "CKPT_FORMAT"]
 CKPT_FORMAT = "ranem-train/1"
-NEM_CACHE_VERSION = 1
-NEM_SYNTHETIC_SEED = 2  # the classifiers use seeds 0 and 1: NEMs see images no classifier saw
 
 
 # ----------------------------------------------------------------------------- data
@@ -283,94 +282,13 @@ def plateau_epoch(values, tolerance: float = 0.01) -> int:
     return next(e for e, v in enumerate(values) if all(later <= v + tolerance for later in values[e + 1:]))
 
 
-# ----------------------------------------------------------------------------- the book's cache
+# ----------------------------------------------------------------------------- old import paths
+# The book's cache of NEMs moved to ranem.zoo; this keeps ``from ranem.train import get_nem`` and
+# the like working. Resolved on first use, so this module does not import ranem.zoo (no cycle).
+_MOVED_TO_ZOO = {"get_nem", "nem_spec", "NEM_CACHE_VERSION", "NEM_SYNTHETIC_SEED"}
 
 
-def nem_spec(kind: str = "ranem", classifier_key: str = "", dataset: str = "imagenette", settings=None,
-             **options) -> dict:
-    """Everything that defines a cached NEM (hashed into its key)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
-    s = settings if settings is not None else config.settings()
-    spec = {"version": NEM_CACHE_VERSION, "kind": kind, "classifier": classifier_key, "dataset": dataset,
-            "image_size": s.synthetic_size if dataset == "synthetic" else s.image_size,
-            "n_train": s.nem_train, "n_val": min(32, max(4, s.n_eval)), "n_snapshot": 4,
-            "epochs": s.nem_epochs, "samples": 1 if kind == "nemt" else s.nem_samples,
-            "batch_size": s.nem_batch, "curve_steps": min(16, s.curve_steps), "substrate_mode": "input",
-            # Prodigy grows its step size from d0 over a few dozen steps; the paper's 3,000 steps
-            # afford its default 1e-6, the CPU modes' hundred or so steps start higher.
-            "d0": 1e-6 if s.mode == "gpu" else 1e-4, "seed": 0}
-    if kind == "nemt":
-        spec["area_weight"] = 0.02
-    unknown = set(options) - set(spec)
-    if unknown:
-        raise ValueError(f"unknown NEM options {sorted(unknown)}; expected some of {sorted(spec)}")
-    spec.update(options)
-    return spec
-
-
-def _nem_data(spec: dict, classifier):
-    """(train images, validation images, snapshot images): train images are uint8 (Imagenette's
-    train split, which holds no evaluation image) or normalised floats (synthetic, a fresh seed)."""
-    from ranem import data
-    n, n_val = spec["n_train"], spec["n_val"]
-    if spec["dataset"] == "synthetic":
-        images, _, _ = data.synthetic(n + n_val, spec["image_size"], seed=NEM_SYNTHETIC_SEED + spec["seed"])
-        info = classifier.ranem_info
-        images = data.normalize(images, info["mean"], info["std"])
-    elif spec["dataset"] == "imagenette":
-        images, _ = data.imagenette_arrays("train", spec["image_size"])
-        order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(spec["seed"]))
-        images = images[order[:n + n_val]]
-    else:
-        raise ValueError(f"dataset must be 'imagenette' or 'synthetic', got {spec['dataset']!r}")
-    train, val = images[:n], images[n:n + n_val]
-    return train, val, val[:spec["n_snapshot"]]
-
-
-def get_nem(kind: str = "ranem", classifier_kind: str = "cnn", dataset: str = "imagenette", settings=None,
-            progress: bool = True, device=None, **options) -> NEM:
-    """The book's trained NEM for ``get_classifier(classifier_kind, dataset, settings)``: loaded from
-    ``config.cache_dir()/nems/<key>/nem.safetensors`` when cached, else trained (resuming an
-    interrupted run) and cached. ``options`` override ``nem_spec`` fields (samples, epochs, n_train,
-    seed, area_weight for NEMt...). The history (losses, validation faithfulness, per-epoch
-    snapshots, seconds) comes back as ``nem.history``; ``nem.history['cached']`` says whether it was
-    loaded."""
-    from ranem.classifiers import get_classifier
-    s = settings if settings is not None else config.settings()
-    clf = get_classifier(classifier_kind, dataset, settings=s, progress=progress, device=device)
-    # The NEM trains at the size its classifier is fed (the ViT's can differ from the CNN's).
-    spec = nem_spec(kind, clf.ranem_info["key"], dataset, s, **{"image_size": clf.ranem_info["image_size"], **options})
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    folder = config.cache_dir() / "nems" / f"{clf.ranem_info['key']}-{kind}-{digest}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "nem.safetensors"
-    cached = path.is_file()
-    if not cached:
-        with training_lock(folder / "train.lock"):
-            cached = path.is_file()
-            if not cached:
-                _train_cached(spec, clf, folder, progress)
-    nem = KINDS[kind].load(path, clf)
-    nem.history["cached"] = cached
-    nem.history["key"] = folder.name
-    return nem
-
-
-def _train_cached(spec: dict, clf, folder: Path, progress: bool) -> None:
-    x_train, x_val, x_snap = _nem_data(spec, clf)
-    config.seed_everything(spec["seed"])
-    extra = {"area_weight": spec["area_weight"]} if "area_weight" in spec else {}
-    nem = KINDS[spec["kind"]](clf, **extra)
-    t0 = time.perf_counter()
-    nem.fit(x_train, epochs=spec["epochs"], samples=spec["samples"], batch_size=spec["batch_size"],
-            val_data=x_val if len(x_val) else None, snapshot=x_snap if len(x_snap) else None,
-            curve_steps=spec["curve_steps"], substrate_mode=spec["substrate_mode"], d0=spec["d0"], seed=spec["seed"],
-            checkpoint=folder / "checkpoint.safetensors", resume=True, progress=progress)
-    if len(x_snap):  # the images of the snapshots, normalised, so a chapter can show them
-        nem.history["snapshot_images"] = _images(x_snap, nem, "cpu")
-    nem.history["train_seconds"] = sum(nem.history["epoch_seconds"])
-    nem.history["wall_seconds_this_run"] = time.perf_counter() - t0
-    nem.history["spec"] = spec
-    nem.save(folder / "nem.safetensors")
-    (folder / "checkpoint.safetensors").unlink(missing_ok=True)
+def __getattr__(name: str):
+    if name in _MOVED_TO_ZOO:
+        return getattr(importlib.import_module("ranem.zoo"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,19 +1,15 @@
 """The cache keys of the book's classifiers and NEMs stay what they are: hours of training are
 stored under them (``<cache>/classifiers/<key>.*`` and ``<cache>/nems/<classifier key>-<kind>-<digest>/``).
 
-The values below were computed from the code as it stood before the cache moved into its own
-module. A change that must retrain on purpose bumps CACHE_VERSION or NEM_CACHE_VERSION and updates
+The values below were computed from the code as it stood before the cache moved into ranem.zoo
+(commit f51c6ab). A change that must retrain on purpose bumps CACHE_VERSION or NEM_CACHE_VERSION and updates
 these values in the same commit; any other change of them is a bug. Computing a key needs no
 training, no data and no network, so every run mode is checked, not only the quick one.
 """
-import hashlib
-import json
-
 import pytest
 
 from ranem import config
-from ranem.classifiers import cache_key, classifier_spec
-from ranem.train import nem_spec
+from ranem.zoo import cache_key, classifier_spec, nem_key, nem_spec
 
 CASES = [(mode, dataset, kind) for mode in config.MODES for dataset in ("imagenette", "synthetic")
          for kind in ("cnn", "vit")]
@@ -77,9 +73,8 @@ def nem_folder(kind, mode, dataset, classifier):
     """The folder name ``get_nem`` gives the NEM of ``kind`` for the classifier of ``classifier``."""
     s = config.settings(mode)
     spec = classifier_spec(classifier, dataset, s)
-    options = nem_spec(kind, cache_key(spec), dataset, s, image_size=spec["image_size"])
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{cache_key(spec)}-{kind}-{digest}"
+    key = cache_key(spec)
+    return nem_key(key, kind, nem_spec(kind, key, dataset, s, image_size=spec["image_size"]))
 
 
 @pytest.mark.parametrize("mode,dataset,kind", CASES)

@@ -1,4 +1,5 @@
-"""Tests of ranem.classifiers: building, inference, training, the cache and its key.
+"""Tests of ranem.classifiers (building, inference, training) and of the book's classifier cache
+in ranem.zoo (get_classifier and its key).
 
 Tiny timm models (timm's own ``test_*`` architectures) on 16-px images keep the file fast.
 Imagenette is replaced by random uint8 arrays, so no dataset is needed.
@@ -13,8 +14,9 @@ import safetensors.torch
 import timm
 import torch
 
-from ranem import classifiers, config, data
-from ranem.classifiers import accuracy, cache_key, classifier_spec, create_classifier, get_classifier, predict
+from ranem import classifiers, config, data, zoo
+from ranem.classifiers import accuracy, create_classifier, predict
+from ranem.zoo import cache_key, classifier_spec, get_classifier
 
 TINY = dict(cnn="test_resnet", synthetic_cnn="test_resnet", vit="test_vit", vit_kwargs={"img_size": 16, "patch_size": 8},
             synthetic_size=16, synthetic_train=48, synthetic_val=16, image_size=16,
@@ -47,12 +49,12 @@ def fake_imagenette(monkeypatch):
 @pytest.fixture
 def count_training(monkeypatch):
     calls = []
-    real = classifiers.train_classifier
+    real = zoo.train_classifier  # the name the zoo calls
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
-    monkeypatch.setattr(classifiers, "train_classifier", counted)
+    monkeypatch.setattr(zoo, "train_classifier", counted)
     return calls
 
 
@@ -328,7 +330,7 @@ def test_key_follows_the_configuration(tiny):
 
 def test_key_follows_the_code_version(tiny, monkeypatch):
     key = cache_key(classifier_spec("cnn", "synthetic", tiny))
-    monkeypatch.setattr(classifiers, "CACHE_VERSION", classifiers.CACHE_VERSION + 1)
+    monkeypatch.setattr(zoo, "CACHE_VERSION", zoo.CACHE_VERSION + 1)
     assert cache_key(classifier_spec("cnn", "synthetic", tiny)) != key
 
 

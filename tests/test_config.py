@@ -91,7 +91,7 @@ def test_an_installed_wheel_keeps_its_data_out_of_site_packages(monkeypatch, tmp
 
 def test_every_mode_can_run_offline():
     """cpu mode's CNN comes from a wheel; gpu mode's hub CNN has a wheel to fall back on."""
-    from ranem.classifiers import WHEEL_ARCHITECTURES
+    from ranem.zoo import WHEEL_ARCHITECTURES
     cpu, gpu = config.settings("cpu"), config.settings("gpu")
     assert cpu.cnn in WHEEL_ARCHITECTURES and cpu.pretrained == ("cnn",)
     assert gpu.cnn_offline in WHEEL_ARCHITECTURES and config.image_size_for("cnn", gpu) == 224

@@ -1,7 +1,10 @@
 """The package's module-level imports form no cycle: every module can be imported on its own, in
 any order. (Imports inside functions, made late on purpose to keep modules light, are not edges.)"""
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ranem"
 
@@ -68,3 +71,28 @@ def test_the_package_reads_its_own_imports():
 
 def test_no_module_level_import_cycle_in_the_package():
     assert find_cycle(import_graph()) is None
+
+
+# Names that moved to ranem.zoo, reachable where notebooks and user code import them from.
+OLD_PATHS = [("ranem.classifiers", "get_classifier", "ranem.zoo", "get_classifier"),
+             ("ranem.classifiers", "classifier_spec", "ranem.zoo", "classifier_spec"),
+             ("ranem.classifiers", "cache_key", "ranem.zoo", "cache_key"),
+             ("ranem.classifiers", "CACHE_VERSION", "ranem.zoo", "CACHE_VERSION"),
+             ("ranem.classifiers", "KINDS", "ranem.zoo", "CLASSIFIER_KINDS"),
+             ("ranem.classifiers", "WHEEL_ARCHITECTURES", "ranem.zoo", "WHEEL_ARCHITECTURES"),
+             ("ranem.classifiers", "pretrained_classifier", "ranem.pretrained", "pretrained_classifier"),
+             ("ranem.train", "get_nem", "ranem.zoo", "get_nem"),
+             ("ranem.train", "nem_spec", "ranem.zoo", "nem_spec"),
+             ("ranem.train", "NEM_CACHE_VERSION", "ranem.zoo", "NEM_CACHE_VERSION")]
+
+
+@pytest.mark.parametrize("old, name, new, new_name", OLD_PATHS)
+def test_moved_names_keep_their_old_import_paths(old, name, new, new_name):
+    assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), new_name)
+
+
+def test_old_import_paths_still_refuse_unknown_names():
+    from ranem import classifiers, train
+    for module in (classifiers, train):
+        with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+            module.nope

@@ -13,9 +13,9 @@ import torch
 from ranem import config
 from ranem.cache import (CacheError, check_sha256, content_sha256, file_sha256, read_json, read_safetensors,
                          tensors_sha256)
-from ranem.classifiers import get_classifier
 from ranem.nem import NEM, NEMt, RaNEM
 from ranem.train import train
+from ranem.zoo import get_classifier
 
 TINY = dict(cnn="test_resnet", synthetic_cnn="test_resnet", synthetic_size=16, synthetic_train=48, synthetic_val=16,
             classifier_epochs=1, classifier_batch=16)

@@ -178,17 +178,17 @@ def test_plateau_epoch_is_where_the_curve_stops_rising():
 
 
 def test_get_nem_trains_at_the_size_its_classifier_is_fed(monkeypatch, tmp_path):
-    from ranem import classifiers, config, train
+    from ranem import config, zoo
     monkeypatch.setenv("RANEM_CACHE", str(tmp_path))
     clf = torch.nn.Conv2d(3, 2, 1)
     clf.ranem_info = {"key": "fake-vit", "image_size": 24}
-    monkeypatch.setattr(classifiers, "get_classifier", lambda *a, **k: clf)
+    monkeypatch.setattr(zoo, "get_classifier", lambda *a, **k: clf)
     seen = {}
 
     def fake_train(spec, classifier, folder, progress):
         seen.update(spec)
         raise RuntimeError("stop here")
-    monkeypatch.setattr(train, "_train_cached", fake_train)
+    monkeypatch.setattr(zoo, "_train_nem", fake_train)
     with pytest.raises(RuntimeError, match="stop here"):
-        train.get_nem("ranem", "vit", "imagenette", config.settings("quick", image_size=32))
+        zoo.get_nem("ranem", "vit", "imagenette", config.settings("quick", image_size=32))
     assert seen["image_size"] == 24

@@ -1,10 +1,10 @@
-"""Ra-NEM and NEMt behind the baselines' interface, loaded lazily from ``ranem.nem``/``ranem.train``.
+"""Ra-NEM and NEMt behind the baselines' interface, loaded lazily from ``ranem.nem``/``ranem.zoo``.
 
 ``ranem(model, x, target=None, nem=None)`` returns the attribution of a trained NEM *reading
 ``model``*: the NEM's trained decoder is attached to the classifier that is passed, so a
 randomised copy of the classifier (the MPRT) is explained by the same decoder on top of the
 randomised encoder, as the test asks. Pass ``nem=`` a trained ``RaNEM``/``NEMt``; otherwise the
-book's NEM is found with ``get_nem`` from the ``ranem_info`` that ``ranem.classifiers`` attaches to
+book's NEM is found with ``get_nem`` from the ``ranem_info`` that ``ranem.zoo`` attaches to
 its classifiers (loaded from the cache, or trained once).
 
 ``target``: a NEM explains the model's own top-1 prediction, the class its decoder was trained for.
@@ -26,15 +26,15 @@ _ATTACHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model ->
 
 
 def nem_for(model, kind: str):
-    """The book's trained NEM of ``kind`` ("ranem", "ranem_insdel" or "nemt") for a classifier of ``ranem.classifiers``."""
+    """The book's trained NEM of ``kind`` ("ranem", "ranem_insdel" or "nemt") for a classifier of ``ranem.zoo``."""
     info = getattr(model, "ranem_info", None)
     if not isinstance(info, dict) or "kind" not in info:
         raise ValueError(
             f"no trained {kind} is known for this {type(model).__name__}: pass nem= a trained ranem.nem "
-            "model, or explain a classifier from ranem.classifiers.get_classifier")
+            "model, or explain a classifier from ranem.zoo.get_classifier")
     key = (kind, info.get("key"), info["kind"], info.get("dataset", "imagenette"))
     if key not in _TRAINED:
-        from ranem.train import get_nem  # training lives there; imported late to keep this module light
+        from ranem.zoo import get_nem  # the book's cache; imported late to keep this module light
         _TRAINED[key] = get_nem(kind=kind, classifier_kind=info["kind"], dataset=info.get("dataset", "imagenette"))
     return _TRAINED[key]
 
