@@ -37,7 +37,7 @@ except ImportError:  # Windows: byte-range locks through msvcrt
     import msvcrt
 
 __all__ = ["atomic_write", "training_lock", "CacheError", "file_sha256", "tensors_sha256", "content_sha256", "read_json",
-           "read_safetensors", "check_sha256"]
+           "read_safetensors", "check_sha256", "classifier_fingerprint"]
 
 log = logging.getLogger(__name__)  # "ranem.cache", a child of the package's "ranem" logger
 TMP_MAX_AGE_S = 3600  # no cached file takes an hour to write: an older temporary one is left by a kill
@@ -172,6 +172,20 @@ def tensors_sha256(tensors: dict) -> str:
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def classifier_fingerprint(model: torch.nn.Module) -> dict:
+    """Name + SHA-256 of every weight and buffer: identifies the classifier a NEM (and a training
+    checkpoint) was made for. Its format is stored in every saved NEM: changing it orphans them."""
+    info = getattr(model, "ranem_info", None) or {}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = info.get("name") or cfg.get("architecture") or type(model).__name__
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return {"name": str(name), "sha256": h.hexdigest()}
 
 
 def content_sha256(tensors: dict, meta: dict) -> str:

@@ -8,7 +8,6 @@ with an area penalty. Training itself lives in ``ranem.train``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from ranem import ops
 from ranem.baselines._common import check_maps, model_input
 from ranem.data.transforms import model_statistics, normalise_uint8
-from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors
+from ranem.cache import CacheError, atomic_write, classifier_fingerprint, content_sha256, read_safetensors
 
 __all__ = ["FrozenEncoder", "Decoder", "BaseNEM", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS",
            "classifier_fingerprint"]
@@ -196,19 +195,6 @@ class Decoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- NEMs
-def classifier_fingerprint(model: nn.Module) -> dict:
-    """Name + SHA-256 of every weight and buffer: identifies the classifier a NEM was trained for."""
-    info = getattr(model, "ranem_info", None) or {}
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    name = info.get("name") or cfg.get("architecture") or type(model).__name__
-    h = hashlib.sha256()
-    for key, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return {"name": str(name), "sha256": h.hexdigest()}
-
-
 def _check_batch_size(batch_size) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")

@@ -17,6 +17,7 @@ import json
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from prodigyopt import Prodigy
@@ -25,8 +26,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from ranem import config
-from ranem.cache import CacheError, atomic_write, content_sha256, read_safetensors
-from ranem.nem import BaseNEM, classifier_fingerprint
+from ranem.cache import CacheError, atomic_write, classifier_fingerprint, content_sha256, read_safetensors
+
+if TYPE_CHECKING:  # for annotations only: ranem.nem imports this module (BaseNEM.fit), never the reverse
+    from ranem.nem import BaseNEM
 
 __all__ = ["train", "plateau_epoch", "CKPT_FORMAT"]
 CKPT_FORMAT = "ranem-train/1"
@@ -153,6 +156,17 @@ def _validate(nem: BaseNEM, x: torch.Tensor, steps: int, amp: bool) -> float:
     return nem.validation_faithfulness(x, steps, amp)
 
 
+# What the loop uses of a NEM (ranem.nem.BaseNEM's interface). Checked by name rather than by
+# class, so that this module need not import ranem.nem.
+NEM_INTERFACE = ("decoder", "kind", "config", "default_samples", "channels_last", "loss", "prepare",
+                 "explain", "validation_faithfulness")
+
+
+def _check_nem(nem) -> None:
+    if not isinstance(nem, torch.nn.Module) or not all(hasattr(nem, name) for name in NEM_INTERFACE):
+        raise TypeError(f"nem must be a RaNEM or NEMt (or a token NEM of ranem.tokens), got {type(nem).__name__}")
+
+
 def _check_positive(**values) -> None:
     for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -179,8 +193,7 @@ def train(nem: BaseNEM, data, *, epochs: int | None = None, samples: int | None 
     checkpoint: a file written atomically after every epoch; ``resume=True`` continues from it.
     callback(epoch, history) runs after each epoch's checkpoint.
     """
-    if not isinstance(nem, BaseNEM):
-        raise TypeError(f"nem must be a RaNEM or NEMt (or a token NEM of ranem.tokens), got {type(nem).__name__}")
+    _check_nem(nem)
     epochs = config.settings().nem_epochs if epochs is None else epochs
     samples = nem.default_samples if samples is None else samples
     _check_positive(epochs=epochs, samples=samples, batch_size=batch_size, curve_steps=curve_steps)
