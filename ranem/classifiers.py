@@ -7,7 +7,6 @@ its validation accuracy), which ``predict`` and ``accuracy`` read.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import time
@@ -19,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ranem import _checks
+
 # The recipe calibrated on 2 cores (resnet10t, 64 px: 78% in 6 epochs); crop_pad adds random translations.
 RECIPE = dict(lr=2e-3, weight_decay=0.05, label_smoothing=0.1, crop_pad=4, seed=0)
 
@@ -28,13 +29,6 @@ __all__ = ["RECIPE", "create_classifier", "train_classifier", "accuracy", "predi
 # --------------------------------------------------------------------------------------------
 # Building models
 # --------------------------------------------------------------------------------------------
-def _check_name(name) -> None:
-    if not isinstance(name, str) or not timm.is_model(name):
-        close = difflib.get_close_matches(str(name), timm.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"name={name!r} is not a timm model (see timm.list_models()){hint}")
-
-
 def create_classifier(name: str, num_classes: int | None = None, pretrained: bool = False,
                       weights: str | os.PathLike | None = None, **timm_kwargs) -> nn.Module:
     """A timm model by name.
@@ -46,9 +40,9 @@ def create_classifier(name: str, num_classes: int | None = None, pretrained: boo
 
     With weights, an explicit ``num_classes`` replaces the head by a new random one (timm's rule).
     """
-    _check_name(name)
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    _checks.timm_name(name)
+    if num_classes is not None:
+        _checks.integer(num_classes, "num_classes")
     head = {} if num_classes is None else {"num_classes": num_classes}
     if weights is not None:
         path = Path(weights).expanduser()
@@ -75,14 +69,9 @@ def create_classifier(name: str, num_classes: int | None = None, pretrained: boo
 # --------------------------------------------------------------------------------------------
 # Batched inference
 # --------------------------------------------------------------------------------------------
-def _check_batch(images, labels=None) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"images must be a (N, C, H, W) tensor, got "
-                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-    if images.dtype != torch.uint8 and not images.is_floating_point():
-        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
-    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
-        raise ValueError("images must be finite: they contain NaN or inf values")
+def _check_batch(images, labels=None, nonempty: bool = False) -> None:
+    """Images (uint8 or float, finite) and, when given, one label per image."""
+    _checks.image_batch(images, "images", uint8=True, nonempty=nonempty, finite=True)
     if labels is not None:
         if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels must be a 1-D tensor with one label per image ({images.shape[0]})")
@@ -130,9 +119,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256, mean=
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
              mean=None, std=None) -> float:
     """Top-1 accuracy in [0, 1] (see ``predict`` for how images are fed)."""
-    _check_batch(images, labels)
-    if images.shape[0] == 0:
-        raise ValueError("images is empty")
+    _check_batch(images, labels, nonempty=True)
     preds = predict(model, images, batch_size, mean, std).argmax(1)
     return (preds == labels.cpu()).float().mean().item()
 
@@ -190,9 +177,7 @@ def train_classifier(model: nn.Module, train_images: torch.Tensor, train_labels:
         raise ValueError("pass both val_images and val_labels, or neither")
     if val_images is not None:
         _check_batch(val_images, val_labels)
-    for arg, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    epochs, batch_size = _checks.integer(epochs, "epochs"), _checks.integer(batch_size, "batch_size")
     mean = IMAGENET_MEAN if mean is None else mean
     std = IMAGENET_STD if std is None else std
     device = torch.device(device) if device is not None else next(model.parameters()).device

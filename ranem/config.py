@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ranem import _checks
+
 MODES = ("quick", "cpu", "gpu")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,8 +169,7 @@ def device(prefer: str | None = None) -> torch.device:
 
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); return a CPU generator seeded the same way."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = _checks.integer(seed, "seed", minimum=0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

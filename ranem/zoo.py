@@ -35,9 +35,9 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
-from ranem import config
+from ranem import _checks, config
 from ranem.cache import atomic_write, check_sha256, file_sha256, read_json, read_safetensors, training_lock
-from ranem.classifiers import RECIPE, _check_name, accuracy, create_classifier, train_classifier
+from ranem.classifiers import RECIPE, accuracy, create_classifier, train_classifier
 from ranem.pretrained import WHEELS, pretrained_classifier
 
 __all__ = ["CACHE_VERSION", "NEM_CACHE_VERSION", "CLASSIFIER_KINDS", "DATASETS", "RECIPES", "WHEEL_ARCHITECTURES",
@@ -68,15 +68,13 @@ def _digest(spec: dict, **json_options) -> str:
 # --------------------------------------------------------------------------------------------
 def classifier_spec(kind: str = "cnn", dataset: str = "imagenette", settings=None, weights=None) -> dict:
     """Everything that defines the classifier ``get_classifier`` returns (hashed into its key)."""
-    if kind not in CLASSIFIER_KINDS:
-        raise ValueError(f"kind must be one of {CLASSIFIER_KINDS}, got {kind!r}")
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    _checks.one_of(kind, "kind", CLASSIFIER_KINDS)
+    _checks.one_of(dataset, "dataset", DATASETS)
     if weights is not None and dataset != "imagenette":
         raise ValueError("weights= are ImageNet weights; they only apply to dataset='imagenette'")
     s = settings if settings is not None else config.settings()
     name = s.vit if kind == "vit" else s.synthetic_cnn if dataset == "synthetic" else s.cnn
-    _check_name(name)
+    _checks.timm_name(name)
     spec = {"version": CACHE_VERSION, "kind": kind, "name": name, "dataset": dataset,
             "model_kwargs": dict(s.vit_kwargs) if kind == "vit" else {}}
     if dataset == "synthetic":
@@ -247,9 +245,7 @@ def _nem_classes() -> dict:
 def nem_spec(kind: str = "ranem", classifier_key: str = "", dataset: str = "imagenette", settings=None,
              **options) -> dict:
     """Everything that defines a cached NEM (hashed into its key)."""
-    kinds = _nem_classes()
-    if kind not in kinds:
-        raise ValueError(f"kind must be one of {sorted(kinds)}, got {kind!r}")
+    _checks.one_of(kind, "kind", sorted(_nem_classes()))
     s = settings if settings is not None else config.settings()
     spec = {"version": NEM_CACHE_VERSION, "kind": kind, "classifier": classifier_key, "dataset": dataset,
             "image_size": s.synthetic_size if dataset == "synthetic" else s.image_size,

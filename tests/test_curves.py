@@ -262,7 +262,7 @@ def test_bad_inputs_raise_clear_errors(model, batch):
     for bad in (float("nan"), float("inf")):
         a_bad = a.clone()
         a_bad[0, 0, 0] = bad
-        with pytest.raises(ValueError, match="NaN or Inf"):
+        with pytest.raises(ValueError, match="attribution must be finite"):
             insertion_curve(model, x, a_bad)
     for steps in (0, -3, 2.5):
         with pytest.raises(ValueError, match="steps"):

@@ -1,4 +1,4 @@
-"""Input checks, target resolution and small helpers shared by every baseline.
+"""What every baseline shares: the model's input, target resolution, chunking and small helpers.
 
 Every baseline has the signature ``explain(model, x, target=None, **options) -> (B, H, W)``:
 ``x`` is a batch of images already normalised for ``model``; ``target`` is a class index per image
@@ -15,7 +15,7 @@ uint8 images are accepted too: scaled to [0, 1] and normalised with the model's 
 
 ``batch_size`` (every explainer has one): at most that many images are explained at once, the
 batch is cut into chunks and the maps concatenated (``chunked``); the result equals the unchunked
-call's, so it only bounds memory.
+call's, so it only bounds memory. The argument checks themselves live in ``ranem._checks``.
 """
 from __future__ import annotations
 
@@ -26,18 +26,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ranem import _checks
 from ranem.data.transforms import knows_statistics, model_statistics, normalise_uint8
 
-from ranem.ops import _check_device, _check_finite, _check_images, _check_number  # noqa: F401 (shared)
-
-check_number = _check_number  # a finite real number in a range, named in the error
-check_device = _check_device  # a device string/object that exists on this machine
 log = logging.getLogger("ranem.baselines")
-
-
-def check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def _model_tensor(model: nn.Module):
@@ -52,13 +44,13 @@ def _model_tensor(model: nn.Module):
 
 
 def model_input(model, x, name: str = "x") -> torch.Tensor:
-    """Check ``model`` and the images ``x`` (see ``check_images``) and return x in the model's
-    parameter dtype (the package's dtype rule); uint8 images are normalised with the model's
-    statistics first. x on another device than the model is refused: moving it silently would
-    hide a copy per call."""
-    check_model(model)
+    """Check ``model`` and the images ``x`` (a non-empty, finite batch: explainers differentiate
+    through x) and return x in the model's parameter dtype (the package's dtype rule); uint8 images
+    are normalised with the model's statistics first. x on another device than the model is
+    refused: moving it silently would hide a copy per call."""
+    _checks.module(model)
     x = as_normalised(model, x)
-    check_images(x, name)
+    _checks.image_batch(x, name, nonempty=True, finite=True)
     ref = _model_tensor(model)
     if ref is None:
         return x
@@ -84,7 +76,7 @@ def chunked(fn, x: torch.Tensor, target: torch.Tensor, batch_size: int | None, *
     noise on it, so chunking does not change their draws). ``None`` means one chunk."""
     if batch_size is None:
         batch_size = x.shape[0]
-    check_positive_int(batch_size, "batch_size")
+    _checks.integer(batch_size, "batch_size")
     if x.shape[0] <= batch_size:
         return fn(x, target, offset=0, **kwargs)
     return torch.cat([fn(x[i:i + batch_size], target[i:i + batch_size], offset=i, **kwargs)
@@ -93,9 +85,7 @@ def chunked(fn, x: torch.Tensor, target: torch.Tensor, batch_size: int | None, *
 
 def progress_bar(enabled: bool, total: int, desc: str):
     """A tqdm bar (notebooks get a widget) when ``enabled``, else one that draws nothing."""
-    if not isinstance(enabled, bool):
-        raise TypeError(f"progress must be True or False, got {enabled!r}")
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, disable=not _checks.flag(enabled, "progress"), leave=False)
 
 
 def image_generators(seed: int, offset: int, n: int, device) -> list[torch.Generator]:
@@ -110,36 +100,11 @@ def check_maps(maps, x: torch.Tensor, method: str) -> torch.Tensor:
     """An explainer's result: a (B, H, W) tensor matching x, finite. A non-finite map comes from
     non-finite model outputs (overflow) or a diverged optimisation; it is refused, never returned."""
     b, _, h, w = x.shape
-    if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (b, h, w):
-        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-        raise ValueError(f"{method} must give maps of shape (B, H, W) = {(b, h, w)} to match x, got {shape}")
+    _checks.shaped(maps, f"the maps of {method}", (b, h, w), "B, H, W", "x")
     if maps.is_floating_point() and not bool(torch.isfinite(maps).all()):
         raise ValueError(f"{method} produced NaN or inf attributions: the model's outputs on these images are "
                          f"not finite, or the method's options make it diverge")
     return maps
-
-
-def check_images(x, name: str = "x") -> None:
-    """The substrates' image check, plus: non-empty and finite (explainers differentiate through x)."""
-    _check_images(x, name)
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one image, got an empty batch")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
-
-
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_probability(value, name: str, open_left: bool = True) -> float:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = number and (0 < value <= 1 if open_left else 0 <= value <= 1)
-    if not ok:
-        raise ValueError(f"{name} must be a number in {'(0' if open_left else '[0'}, 1], got {value!r}")
-    return float(value)
 
 
 @torch.no_grad()
@@ -152,23 +117,8 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target, batch_size: int | 
     """Class index per image as a (B,) long tensor on x's device; ``None`` -> top-1 prediction
     (``batch_size`` images per forward, default 256)."""
     if target is None:
-        return predict(model, x, 256 if batch_size is None else check_positive_int(batch_size, "batch_size"))
-    if isinstance(target, bool):
-        raise TypeError("target must be None, an int, a sequence of ints or a (B,) integer tensor, got a bool")
-    if not isinstance(target, torch.Tensor):
-        try:  # an int (NumPy ints too) or a sequence of them; range and shape are checked below
-            target = torch.tensor(target.__index__()) if hasattr(target, "__index__") else torch.as_tensor(list(target))
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"target must be None, an int, a sequence of ints or a (B,) tensor, "
-                            f"got {target!r}") from None
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-    target = target.reshape(-1) if target.ndim == 0 else target
-    if target.ndim != 1 or target.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"target must have one class per image, shape ({x.shape[0]},), got {tuple(target.shape)}")
-    if bool((target < 0).any()):
-        raise ValueError("target must hold non-negative class indices")
-    return target.to(device=x.device, dtype=torch.long).expand(x.shape[0]).contiguous()
+        return predict(model, x, 256 if batch_size is None else _checks.integer(batch_size, "batch_size"))
+    return _checks.class_indices(target, x.shape[0], x.device)
 
 
 def pick(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ranem.baselines._common import check_images, check_maps, check_number, check_positive_int, check_probability
-from ranem.baselines._common import chunked, frozen, gaussian_blur, model_input, pick, progress_bar, resolve_target
+from ranem import _checks
+from ranem.baselines._common import check_maps, chunked, frozen, gaussian_blur, model_input, pick, progress_bar
+from ranem.baselines._common import resolve_target
 from ranem.ops import blur
 
 __all__ = ["smooth_pixel_mask", "smooth_mask_from_params", "area_loss"]
@@ -35,15 +36,11 @@ __all__ = ["smooth_pixel_mask", "smooth_mask_from_params", "area_loss"]
 
 def smooth_mask_from_params(theta: torch.Tensor, size, sigma: float = 1.0) -> torch.Tensor:
     """Mask (B, H, W) from coarse parameters theta (B, 1, g, g): Gaussian smoothing, upsampling."""
-    check_images(theta, "theta")
+    _checks.image_batch(theta, "theta", nonempty=True, finite=True)
     if theta.shape[1] != 1:
         raise ValueError(f"theta must have one channel (B, 1, g, g), got shape {tuple(theta.shape)}")
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
-        raise ValueError(f"size must be an int or a pair (H, W), got {size!r}")
-    size = (check_positive_int(size[0], "size[0]"), check_positive_int(size[1], "size[1]"))
-    sigma = check_number(sigma, "sigma", low=0)
+    size = _checks.size_pair(size)
+    sigma = _checks.number(sigma, "sigma", low=0)
     smooth = gaussian_blur(theta, sigma)
     return F.interpolate(smooth, size=size, mode="bilinear", align_corners=False)[:, 0]
 
@@ -51,10 +48,9 @@ def smooth_mask_from_params(theta: torch.Tensor, size, sigma: float = 1.0) -> to
 def area_loss(mask: torch.Tensor, area: float) -> torch.Tensor:
     """Per-image mean squared distance (B,) between sorted mask values and the reference vector
     with a fraction ``area`` of ones (sorted ascending: zeros first)."""
-    if not isinstance(mask, torch.Tensor) or mask.ndim < 2 or not mask.is_floating_point():
-        raise ValueError(f"mask must be a floating-point (B, H, W) tensor, got "
-                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
-    check_probability(area, "area", open_left=False)
+    if _checks.float_tensor(mask, "mask").ndim < 2:
+        raise ValueError(f"mask must be a (B, H, W) tensor, got shape {tuple(mask.shape)}")
+    _checks.probability(area, "area", open_left=False)
     flat = mask.flatten(1)
     d = flat.shape[1]
     ones = int(round(area * d))
@@ -77,13 +73,13 @@ def smooth_pixel_mask(model, x, target=None, area: float = 0.1, iterations: int 
     Every real option must be finite; x is cast to the model's dtype first. ``batch_size`` images
     are optimised together (None: all; the masks do not depend on it)."""
     x = model_input(model, x)
-    options = dict(area=check_probability(area, "area"), iterations=check_positive_int(iterations, "iterations"),
-                   grid=check_positive_int(grid, "grid"), sigma=check_number(sigma, "sigma", low=0),
-                   lr=check_number(lr, "lr", low=0, low_open=True))
-    weight_start = check_number(weight_start, "weight_start", low=0, low_open=True)
-    weight_end = check_number(weight_end, "weight_end", low=weight_start)
+    options = dict(area=_checks.probability(area, "area"), iterations=_checks.integer(iterations, "iterations"),
+                   grid=_checks.integer(grid, "grid"), sigma=_checks.number(sigma, "sigma", low=0),
+                   lr=_checks.number(lr, "lr", low=0, low_open=True))
+    weight_start = _checks.number(weight_start, "weight_start", low=0, low_open=True)
+    weight_end = _checks.number(weight_end, "weight_end", low=weight_start)
     target = resolve_target(model, x, target, batch_size)
-    chunks = -(-x.shape[0] // check_positive_int(batch_size or x.shape[0], "batch_size"))
+    chunks = -(-x.shape[0] // _checks.integer(batch_size or x.shape[0], "batch_size"))
     with progress_bar(progress, iterations * chunks, "Smooth Pixel Mask") as bar:
         maps = chunked(lambda xb, tb, offset: _optimise(model, xb.detach(), tb, weight_start=weight_start,
                                                          weight_end=weight_end, bar=bar, **options),

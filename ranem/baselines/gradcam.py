@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranem.baselines._common import check_maps, check_model, chunked, frozen, model_input, pick, resolve_target
+from ranem import _checks
+from ranem.baselines._common import check_maps, chunked, frozen, model_input, pick, resolve_target
 
 __all__ = ["grad_cam_pp", "find_target_layer", "hooked_activation"]
 
@@ -34,7 +35,7 @@ def _is_vit(model: nn.Module) -> bool:
 
 def find_target_layer(model: nn.Module) -> nn.Module:
     """The layer Grad-CAM++ reads: ViT ``blocks[-1].norm1``, else timm's last feature stage."""
-    check_model(model)
+    _checks.module(model)
     if _is_vit(model):
         return model.blocks[-1].norm1
     info = getattr(model, "feature_info", None)

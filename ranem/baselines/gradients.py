@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 from captum.attr import IntegratedGradients, Saliency
 
-from ranem.baselines._common import check_maps, check_number, check_positive_int, checked_forward, chunked, frozen
-from ranem.baselines._common import image_generators, model_input, pick, progress_bar, resolve_target
+from ranem import _checks
+from ranem.baselines._common import check_maps, checked_forward, chunked, frozen, image_generators, model_input, pick
+from ranem.baselines._common import progress_bar, resolve_target
 
 __all__ = ["saliency", "integrated_gradients", "gradient_shap"]
 
@@ -52,11 +53,11 @@ def integrated_gradients(model, x, target=None, steps: int = 50, internal_batch_
     a whole path step per chunk) and ``batch_size`` images per call (None: all); ``progress`` ticks
     once per chunk of images. 32 inputs: at 144 px on EfficientNet-Lite0, 256 peaked at 10 GB
     (benchmarks/memory.py), with no gain in speed on a CPU."""
-    check_positive_int(steps, "steps")
-    check_positive_int(internal_batch_size, "internal_batch_size")
+    _checks.integer(steps, "steps")
+    _checks.integer(internal_batch_size, "internal_batch_size")
     x, target = _prepare(model, x, target, batch_size)
     chunk = batch_size if batch_size is not None else x.shape[0]
-    bar = progress_bar(progress, -(-x.shape[0] // check_positive_int(chunk, "batch_size")), "Integrated Gradients")
+    bar = progress_bar(progress, -(-x.shape[0] // _checks.integer(chunk, "batch_size")), "Integrated Gradients")
 
     def run(xb, tb, offset):
         with frozen(model), torch.enable_grad():
@@ -90,14 +91,14 @@ def gradient_shap(model, x, target=None, samples: int = 5, stdev: float = 0.1, s
     With baseline b = 0, noisy copies x~_s = x + e_s and alpha_s ~ U(0, 1), the map of image x is
     mean_s grad f_target(alpha_s x~_s) * x~_s, Captum's ``GradientShap`` estimator; ``seed=None``
     draws a fresh seed from torch's global generator."""
-    check_positive_int(samples, "samples")
-    stdev = check_number(stdev, "stdev", low=0)
+    _checks.integer(samples, "samples")
+    stdev = _checks.number(stdev, "stdev", low=0)
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
-    check_positive_int(seed, "seed", minimum=0)
+    _checks.integer(seed, "seed", minimum=0)
     x, target = _prepare(model, x, target, batch_size)
     chunk = batch_size if batch_size is not None else x.shape[0]
-    bar = progress_bar(progress, -(-x.shape[0] // check_positive_int(chunk, "batch_size")), "Grad-SHAP")
+    bar = progress_bar(progress, -(-x.shape[0] // _checks.integer(chunk, "batch_size")), "Grad-SHAP")
 
     def run(xb, tb, offset):
         noisy, alpha = _shap_draws(xb, samples, stdev, seed, offset)

@@ -33,17 +33,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ranem.baselines._common import check_images, check_maps, check_number, check_positive_int, checked_forward
-from ranem.baselines._common import chunked, frozen, gaussian_blur, image_generators, model_input, progress_bar
-from ranem.baselines._common import resolve_target
+from ranem import _checks
+from ranem.baselines._common import check_maps, checked_forward, chunked, frozen, gaussian_blur, image_generators
+from ranem.baselines._common import model_input, progress_bar, resolve_target
 
 __all__ = ["iba", "input_statistics", "bottleneck_capacity"]
 
 
 def input_statistics(images: torch.Tensor, min_std: float = 0.01):
     """Per-pixel mean and std (C, H, W) over a set of normalised images (N, C, H, W)."""
-    check_images(images, "images")
-    min_std = check_number(min_std, "min_std", low=0, low_open=True)
+    _checks.image_batch(images, "images", nonempty=True, finite=True)
+    min_std = _checks.number(min_std, "min_std", low=0, low_open=True)
     if images.shape[0] < 2:
         raise ValueError(f"images must hold at least 2 images to estimate a std, got {images.shape[0]}")
     return images.mean(dim=0), images.std(dim=0).clamp(min=min_std)
@@ -55,9 +55,8 @@ def _sample_statistics(x: torch.Tensor, min_std: float):
 
 def bottleneck_capacity(lam: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """KL( N(lam r, (1 - lam)^2) || N(0, 1) ) per value, in nats."""
-    for t, name in ((lam, "lam"), (r, "r")):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {type(t).__name__}")
+    _checks.float_tensor(lam, "lam")
+    _checks.float_tensor(r, "r")
     var = (1 - lam).pow(2).clamp(min=1e-12)
     return 0.5 * (var + (lam * r).pow(2) - 1 - var.log())
 
@@ -72,8 +71,8 @@ def _check_stats(stats, x):
     except RuntimeError:
         raise ValueError(f"stats must broadcast to x's shape {tuple(x.shape)}, got {tuple(mean.shape)} "
                          f"and {tuple(std.shape)}") from None
-    if not bool(torch.isfinite(mean).all()) or not bool(torch.isfinite(std).all()):
-        raise ValueError("stats: mean and std must be finite (no NaN or inf)")
+    _checks.finite(mean, "stats' mean")
+    _checks.finite(std, "stats' std")
     if bool((std <= 0).any()):
         raise ValueError("stats: every std must be > 0")
     return mean, std
@@ -86,13 +85,13 @@ def iba(model, x, target=None, beta: float = 10.0, steps: int = 10, draws: int =
     Every real option must be finite; x is cast to the model's dtype first. ``progress`` shows a
     bar over the optimisation steps."""
     x = model_input(model, x)
-    check_positive_int(steps, "steps")
-    check_positive_int(draws, "draws")
-    check_positive_int(seed, "seed", minimum=0)
-    options = dict(beta=check_number(beta, "beta", low=0), lr=check_number(lr, "lr", low=0, low_open=True),
-                   sigma=check_number(sigma, "sigma", low=0), initial_alpha=check_number(initial_alpha, "initial_alpha"),
-                   steps=steps, draws=draws, seed=seed)
-    min_std = check_number(min_std, "min_std", low=0, low_open=True)
+    _checks.integer(steps, "steps")
+    _checks.integer(draws, "draws")
+    _checks.integer(seed, "seed", minimum=0)
+    options = dict(beta=_checks.number(beta, "beta", low=0), lr=_checks.number(lr, "lr", low=0, low_open=True),
+                   sigma=_checks.number(sigma, "sigma", low=0),
+                   initial_alpha=_checks.number(initial_alpha, "initial_alpha"), steps=steps, draws=draws, seed=seed)
+    min_std = _checks.number(min_std, "min_std", low=0, low_open=True)
     target = resolve_target(model, x, target, batch_size)
     x = x.detach()
     if stats is None and x.shape[2] * x.shape[3] < 2:
@@ -100,7 +99,7 @@ def iba(model, x, target=None, beta: float = 10.0, steps: int = 10, draws: int =
                          "pass stats=(mean, std)")
     mean, std = _sample_statistics(x, min_std) if stats is None else _check_stats(stats, x)
     mean, std = mean.expand_as(x), std.expand_as(x)
-    chunks = -(-x.shape[0] // check_positive_int(batch_size or x.shape[0], "batch_size"))
+    chunks = -(-x.shape[0] // _checks.integer(batch_size or x.shape[0], "batch_size"))
     with progress_bar(progress, steps * chunks, "IBA") as bar:
         def run(xb, tb, offset):
             rows = slice(offset, offset + xb.shape[0])

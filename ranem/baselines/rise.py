@@ -29,8 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ranem.baselines._common import check_device, check_maps, check_number, check_positive_int, check_probability
-from ranem.baselines._common import frozen, model_input, pick, resolve_target
+from ranem import _checks
+from ranem.baselines._common import check_maps, frozen, model_input, pick, resolve_target
 
 __all__ = ["rise", "rise_masks", "MASK_BLOCK"]
 
@@ -40,17 +40,11 @@ MASK_BLOCK = 128  # masks drawn per generator call; fixed so that results never 
 def rise_masks(n: int, size, grid: int = 7, p: float = 0.5, generator: torch.Generator | None = None,
                device=None, dtype=torch.float32) -> torch.Tensor:
     """``n`` RISE masks (n, H, W) with values in [0, 1]; ``size`` = (H, W) or an int."""
-    check_positive_int(n, "n")
-    check_positive_int(grid, "grid")
-    check_probability(p, "p")
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
-        raise ValueError(f"size must be an int or a pair (H, W), got {size!r}")
-    h, w = size
-    check_positive_int(h, "size[0]")
-    check_positive_int(w, "size[1]")
-    device = check_device(device)
+    _checks.integer(n, "n")
+    _checks.integer(grid, "grid")
+    _checks.probability(p, "p")
+    h, w = _checks.size_pair(size)
+    device = _checks.device(device)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
@@ -72,12 +66,12 @@ def rise(model, x, target=None, masks: int = 4096, grid: int = 7, p: float = 0.5
     """RISE saliency (B, H, W) of ``target`` (default: top-1): ``masks`` forwards per image.
     ``baseline``: the value of hidden pixels (finite). x is cast to the model's dtype first."""
     x = model_input(model, x)
-    check_positive_int(masks, "masks")
-    check_positive_int(grid, "grid")
-    baseline = check_number(baseline, "baseline")
-    check_positive_int(batch_size, "batch_size")
-    check_positive_int(seed, "seed", minimum=0)
-    check_probability(p, "p")
+    _checks.integer(masks, "masks")
+    _checks.integer(grid, "grid")
+    baseline = _checks.number(baseline, "baseline")
+    _checks.integer(batch_size, "batch_size")
+    _checks.integer(seed, "seed", minimum=0)
+    _checks.probability(p, "p")
     if normalise not in ("coverage", "p"):
         raise ValueError(f"normalise must be 'coverage' or 'p', got {normalise!r}")
     target = resolve_target(model, x, target, batch_size)

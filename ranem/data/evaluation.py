@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ranem import _checks
 from ranem.data.imagenette import imagenette_arrays
-from ranem.data.transforms import _check_count
 
 __all__ = ["evaluation_images"]
 
@@ -20,9 +20,10 @@ def evaluation_images(n: int, size: int, seed: int = 0, limit: int = 0, root=Non
     """``(uint8 images (n, 3, size, size), labels (n,))``: the first ``n`` images of the seeded
     permutation of Imagenette's validation split (``limit`` > 0: of its balanced subset of that
     many images, as ``imagenette_arrays`` draws it). Normalise with the classifier's mean/std."""
-    n = _check_count("n", n, 1)
+    n = _checks.integer(n, "n")
     images, labels = imagenette_arrays("val", size, limit=limit, root=root)
     if n > len(labels):
         raise ValueError(f"n must be at most the {len(labels)} validation images available, got {n}")
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_check_count("seed", seed, 0)))[:n]
+    seed = _checks.integer(seed, "seed", minimum=0)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
     return images[order], labels[order]

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ranem import config
+from ranem import _checks, config
 from ranem.cache import atomic_write
-from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD, _check_count, normalize
+from ranem.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 # --------------------------------------------------------------------------------------------
 # Imagenette: class table, layouts, download
@@ -117,9 +117,7 @@ def download_imagenette(root: str | os.PathLike | None = None, variant: str = "i
     The archive's MD5 is checked before extraction; extraction goes to a temporary folder inside
     ``root`` that is renamed into place only when complete, so a crash never leaves half a dataset.
     """
-    if variant not in IMAGENETTE_ARCHIVES:
-        raise ValueError(f"variant must be one of {sorted(IMAGENETTE_ARCHIVES)}, got {variant!r}")
-    url, md5, nbytes = IMAGENETTE_ARCHIVES[variant]
+    url, md5, nbytes = IMAGENETTE_ARCHIVES[_checks.one_of(variant, "variant", sorted(IMAGENETTE_ARCHIVES))]
     root = Path(root) if root is not None else config.data_root()
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{variant}-", dir=root))
@@ -169,12 +167,6 @@ def find_imagenette(root: str | os.PathLike | None = None, download: bool = True
 # --------------------------------------------------------------------------------------------
 # Imagenette: decoding, Dataset, cached arrays
 # --------------------------------------------------------------------------------------------
-
-def _check_split(split: str) -> str:
-    if split not in _SPLITS:
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    return split
-
 
 def _list_files(layout: Path, split: str) -> tuple[list[Path], list[int]]:
     """Image files of one split, sorted by class (IMAGENETTE_WNIDS order) then by name."""
@@ -232,7 +224,7 @@ def mean_std_for(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float
 def transform_for(model: torch.nn.Module, size: int):
     """A function mapping one image (path or PIL image) to the (3, size, size) float32 tensor
     ``model`` expects: RGB, resized without crop, normalised with the model's mean/std."""
-    size = _check_count("size", size, 1)
+    size = _checks.integer(size, "size")
     mean, std = mean_std_for(model)
 
     def transform(source) -> torch.Tensor:
@@ -249,9 +241,9 @@ class Imagenette(torch.utils.data.Dataset):
     def __init__(self, split: str = "train", root=None, size: int = 224,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  limit: int = 0, seed: int = 0, download: bool = True):
-        self.split = _check_split(split)
-        self.size = _check_count("size", size, 1)
-        limit, seed = _check_count("limit", limit, 0), _check_count("seed", seed, 0)
+        self.split = _checks.one_of(split, "split", _SPLITS)
+        self.size = _checks.integer(size, "size")
+        limit, seed = _checks.integer(limit, "limit", minimum=0), _checks.integer(seed, "seed", minimum=0)
         self.mean, self.std = tuple(mean), tuple(std)
         normalize(torch.zeros(3, 1, 1), self.mean, self.std)  # validate mean/std now, not per item
         self.root = find_imagenette(root, download=download)
@@ -306,9 +298,9 @@ def imagenette_arrays(split: str, size: int, limit: int = 0, root=None, seed: in
     """
     from safetensors.torch import load_file, save_file
 
-    split = _check_split(split)
-    size = _check_count("size", size, 1)
-    limit, seed = _check_count("limit", limit, 0), _check_count("seed", seed, 0)
+    split = _checks.one_of(split, "split", _SPLITS)
+    size = _checks.integer(size, "size")
+    limit, seed = _checks.integer(limit, "limit", minimum=0), _checks.integer(seed, "seed", minimum=0)
     layout = find_imagenette(root, download=download)
     files, labels = _list_files(layout, split)
     keep = _balanced_subset(labels, limit, seed)

@@ -6,7 +6,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ranem.data.transforms import _check_count, normalize
+from ranem import _checks
+from ranem.data.transforms import normalize
 
 # --------------------------------------------------------------------------------------------
 # Synthetic shapes
@@ -150,8 +151,8 @@ def synthetic(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torc
     the object is brighter than the ground, in a random hue.
     Same ``seed``, same data.
     """
-    n, size = _check_count("n", n, 1), _check_count("size", size, 16)
-    g = torch.Generator().manual_seed(_check_count("seed", seed, 0))
+    n, size = _checks.integer(n, "n"), _checks.integer(size, "size", minimum=16)
+    g = torch.Generator().manual_seed(_checks.integer(seed, "seed", minimum=0))
     # Background first, from its own draws: nothing in it can depend on the label.
     fields = _smooth_fields(n, 2, size, g)
     light = torch.sigmoid(1.5 * fields[:, 0]).mul_(0.5).add_(0.5).view(n, 1, -1)  # in (0.5, 1)

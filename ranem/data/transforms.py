@@ -1,19 +1,14 @@
-"""Normalisation of images for timm classifiers, and argument checks shared by the datasets."""
+"""Normalisation of images for timm classifiers."""
 from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
+
+from ranem import _checks
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _check_count(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -32,9 +27,7 @@ def _channel_stats(values: Sequence[float], channels: int, name: str, like: torc
 def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
               std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """uint8 images, or floats in [0, 1], shaped (..., C, H, W) -> float32 ``(x - mean) / std``."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.ndim < 3:
+    if _checks.tensor(images, "images").ndim < 3:
         raise ValueError(f"images must be shaped (..., C, H, W), got {tuple(images.shape)}")
     if images.dtype == torch.uint8:
         x = images.float().div_(255.0)

@@ -30,7 +30,8 @@ import math
 
 import torch
 
-from ranem.ops import _check_device, _check_finite, _check_images, _replacement
+from ranem import _checks
+from ranem.ops import _replacement
 
 __all__ = [
     "insertion_curve",
@@ -50,39 +51,18 @@ _DEFAULT_SUBSTRATE = {"insertion": "blur", "deletion": "zeros"}
 
 # ----------------------------------------------------------------------------- validation
 def _check_inputs(x, attribution, model=None) -> torch.Tensor:
-    """Check x and attribution; return x, cast to ``model``'s dtype when a model is given."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"x must be a 4-D float tensor (B, C, H, W), got shape {tuple(x.shape)}, {x.dtype}")
-    _check_images(x)
-    if not isinstance(attribution, torch.Tensor):
-        raise TypeError(f"attribution must be a torch.Tensor, got {type(attribution).__name__}")
+    """Check x and attribution (finite: a NaN image has no score, NaN scores no ranking); return
+    x, cast to ``model``'s dtype when a model is given."""
+    _checks.image_batch(x, nonempty=True, finite=True)
     b, _, h, w = x.shape
-    if tuple(attribution.shape) != (b, h, w):
-        raise ValueError(f"attribution must have shape (B, H, W) = {(b, h, w)} to match x, "
-                         f"got {tuple(attribution.shape)}")
-    if attribution.is_complex():
-        raise TypeError("attribution must hold real numbers (float, integer or bool), got a complex tensor")
-    if attribution.is_floating_point() and not torch.isfinite(attribution).all():
-        raise ValueError("attribution contains NaN or Inf; rankings of non-finite values are undefined")
-    if b == 0:
-        raise ValueError("x is an empty batch (B = 0)")
-    _check_finite(x, "x")
+    _checks.finite(_checks.shaped(attribution, "attribution", (b, h, w), "B, H, W", "x"), "attribution")
     if model is None:
         return x
-    if not callable(model):
-        raise TypeError(f"model must be a torch.nn.Module or a callable giving logits, got {type(model).__name__}")
+    _checks.model_function(model)
     if not isinstance(model, torch.nn.Module):  # a plain function: no parameters to read a dtype from
         return x
     from ranem.baselines._common import model_input  # lazy: ranem.metrics stays free of captum
     return model_input(model, x)
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 def pixel_counts(num_pixels: int, steps: int | None = None, pixels_per_step: int | None = None) -> torch.Tensor:
@@ -92,17 +72,17 @@ def pixel_counts(num_pixels: int, steps: int | None = None, pixels_per_step: int
     and ``steps = ceil(d / pps)``, as RISE. With ``steps`` alone, the points are spread evenly:
     ``k_i = floor(i * d / steps)``. Giving both is allowed only when they agree.
     """
-    d = _positive_int(num_pixels, "num_pixels")
+    d = _checks.integer(num_pixels, "num_pixels")
     if pixels_per_step is not None:
-        pps = _positive_int(pixels_per_step, "pixels_per_step")
+        pps = _checks.integer(pixels_per_step, "pixels_per_step")
         n = math.ceil(d / pps)
-        if steps is not None and _positive_int(steps, "steps") != n:
+        if steps is not None and _checks.integer(steps, "steps") != n:
             raise ValueError(f"steps={steps} and pixels_per_step={pps} disagree: {d} pixels at {pps} per "
                              f"step take {n} steps; give only one of them")
         return (torch.arange(n + 1) * pps).clamp_(max=d)
     if steps is None:
         raise ValueError("give steps or pixels_per_step")
-    n = _positive_int(steps, "steps")
+    n = _checks.integer(steps, "steps")
     return torch.arange(n + 1) * d // n
 
 
@@ -139,17 +119,7 @@ def _targets(target, probs_clean: torch.Tensor) -> torch.Tensor:
     b, k = probs_clean.shape
     if target is None:
         return probs_clean.argmax(dim=1)
-    try:
-        t = torch.as_tensor(target, device=probs_clean.device)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"target must be None, an int or an integer tensor of shape ({b},), got {target!r}") from None
-    if t.ndim == 0 or tuple(t.shape) == (1,):  # one class for every image, as the baselines take it
-        t = t.reshape(()).expand(b)
-    if t.shape != (b,) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"target must be an int or an integer tensor of shape ({b},), got {target!r}")
-    if (t < 0).any() or (t >= k).any():
-        raise ValueError(f"target must lie in [0, {k}) (the model's classes), got {t.tolist()}")
-    return t.long()
+    return _checks.class_indices(target, b, probs_clean.device, classes=k)
 
 
 def _autocast(enabled: bool, device: torch.device):
@@ -169,8 +139,7 @@ def _check_curve_values(c: torch.Tensor) -> None:
     # An area over a NaN point is no area: refuse it rather than return NaN.
     if not (c.is_floating_point() or c.dtype in (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8)):
         raise TypeError(f"curve must hold real numbers, got {c.dtype}")
-    if c.is_floating_point() and not bool(torch.isfinite(c).all()):
-        raise ValueError("curve must be finite (no NaN or inf)")
+    _checks.finite(c, "curve")
 
 
 # ----------------------------------------------------------------------------- core
@@ -187,7 +156,7 @@ def _scores(model, x, attribution, kinds, counts, substrates, target, batch_size
     """
     b = x.shape[0]
     d = attribution[0].numel()
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = _checks.integer(batch_size, "batch_size")
     dev = x.device
     with torch.inference_mode(), _autocast(autocast, dev):
         probs_clean = _softmax_rows(model, x, b)
@@ -287,8 +256,8 @@ def sample_points(d: int, n: int, batch: int = 1, scheme: str = "uniform", gener
     scheme for the k of training), one point drawn uniformly inside each bin, weighted by the bin's
     share of the points, so the estimate stays unbiased when d is not a multiple of n.
     """
-    d, n, batch = _positive_int(d, "d"), _positive_int(n, "n"), _positive_int(batch, "batch")
-    device = _check_device(device)
+    d, n, batch = _checks.integer(d, "d"), _checks.integer(n, "n"), _checks.integer(batch, "batch")
+    device = _checks.device(device)
     if n > d:
         raise ValueError(f"n must be at most d = {d} (sampling without replacement), got {n}")
     if scheme == "uniform":
@@ -315,7 +284,7 @@ def mc_estimate(curve, n: int, scheme: str = "uniform", generator=None, repeats:
         raise ValueError(f"curve must have shape (B, d+1) with d >= 1, got {tuple(c.shape)}")
     _check_curve_values(c)
     b, d = c.shape[0], c.shape[1] - 1
-    r = 1 if repeats is None else _positive_int(repeats, "repeats")
+    r = 1 if repeats is None else _checks.integer(repeats, "repeats")
     idx, wts = sample_points(d, n, batch=r * b, scheme=scheme, generator=generator, device=c.device)
     values = c.repeat(r, 1).gather(1, idx)
     est = (values.double() * wts.double()).sum(1).to(c.dtype).view(r, b)

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import torch
 
+from ranem import _checks
+
 __all__ = ["pointing_game", "mass_in_mask", "precision_at_mask"]
 
 
 def _check(attribution, mask):
-    for t, name in ((attribution, "attribution"), (mask, "mask")):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _checks.tensor(attribution, "attribution")
+    _checks.tensor(mask, "mask")
     if attribution.is_complex():
         raise TypeError("attribution must hold real numbers, got a complex tensor")
     if attribution.ndim != 3 or attribution.shape != mask.shape:
         raise ValueError("attribution and mask must both be (B, H, W) with the same shape, got "
                          f"{tuple(attribution.shape)} and {tuple(mask.shape)}")
-    if not bool(torch.isfinite(attribution).all()):
-        raise ValueError("attribution must be finite (no NaN or inf)")
+    _checks.finite(attribution, "attribution")
     m = mask.reshape(mask.shape[0], -1).bool()
     if not bool(m.any(dim=1).all()):
         raise ValueError("every mask must contain at least one pixel")

@@ -30,6 +30,8 @@ import copy
 
 import torch
 
+from ranem import _checks
+
 __all__ = ["spearman", "rank_average", "avg_sensitivity", "mprt", "randomised_copy", "normalise_maps"]
 
 
@@ -83,8 +85,7 @@ def normalise_maps(maps: torch.Tensor, how: str | None = "minmax") -> torch.Tens
     flat = _as_rows(maps, "maps").float()
     if flat.shape[1] == 0:
         raise ValueError(f"maps must hold at least one value per map, got shape {tuple(maps.shape)}")
-    if not bool(torch.isfinite(flat).all()):  # min/max over a NaN is NaN, and NaN > 0 is False
-        raise ValueError("maps must be finite (no NaN or inf) to be normalised")
+    _checks.finite(flat, "maps")  # min/max over a NaN is NaN, and NaN > 0 is False
     if how is None:
         return flat
     if how == "minmax":
@@ -128,14 +129,14 @@ def avg_sensitivity(explainer, model, x, target=None, samples: int = 30, radius:
     ``repredict``: explain the label the model predicts on each noisy input (the authors' choice);
     otherwise keep ``target``. ``batch_size`` inputs per explainer call (default: B).
     """
-    from ranem.baselines._common import check_number, check_positive_int, predict, resolve_target
+    from ranem.baselines._common import predict, resolve_target
     x = _check_common(explainer, model, x)
-    check_positive_int(samples, "samples")
-    check_positive_int(seed, "seed", minimum=0)
-    radius = check_number(radius, "radius", low=0)
+    _checks.integer(samples, "samples")
+    _checks.integer(seed, "seed", minimum=0)
+    radius = _checks.number(radius, "radius", low=0)
     normalise_maps(x[:1, 0], normalise)  # validates `normalise` early
     b = x.shape[0]
-    batch_size = check_positive_int(batch_size or b, "batch_size")
+    batch_size = _checks.integer(batch_size or b, "batch_size")
     target = resolve_target(model, x, target)
     base = normalise_maps(_explain_in_batches(explainer, model, x, target, batch_size), normalise)
     generator = torch.Generator().manual_seed(seed)  # CPU draws: same noise on every device
@@ -171,11 +172,10 @@ def randomised_copy(model, seed: int = 0, layers: int | None = None):
     default; more than the model has means all) re-initialised by their own ``reset_parameters``,
     seeded. A copy that would randomise nothing (layers < 1, or no module to reset) is refused:
     a randomisation test would then pass a model that was never randomised."""
-    from ranem.baselines._common import check_model, check_positive_int
-    check_model(model)
-    check_positive_int(seed, "seed", minimum=0)
+    _checks.module(model)
+    _checks.integer(seed, "seed", minimum=0)
     if layers is not None:
-        check_positive_int(layers, "layers")
+        _checks.integer(layers, "layers")
     if not _parametrised(model):
         raise ValueError(f"{type(model).__name__} has no module with reset_parameters to randomise")
     clone = copy.deepcopy(model).eval()
@@ -189,12 +189,12 @@ def mprt(explainer, model, x, target=None, seed: int = 0, per_layer: bool = Fals
     ``model`` and of its fully randomised copy. With ``per_layer=True`` returns
     ``(last, layer_names, correlations (L, B))`` for the cascade, top layer first; its last row is
     the fully randomised model. ``abs=True`` ranks absolute attributions (Quantus's default)."""
-    from ranem.baselines._common import check_positive_int, resolve_target
+    from ranem.baselines._common import resolve_target
     x = _check_common(explainer, model, x)
     if x.shape[2] * x.shape[3] < 2:
         raise ValueError(f"mprt correlates pixel rankings: x needs at least 2 pixels per image, got {tuple(x.shape[2:])}")
-    check_positive_int(seed, "seed", minimum=0)
-    batch_size = check_positive_int(batch_size or x.shape[0], "batch_size")
+    _checks.integer(seed, "seed", minimum=0)
+    batch_size = _checks.integer(batch_size or x.shape[0], "batch_size")
     names = [n for n, m in model.named_modules() if hasattr(m, "reset_parameters")][::-1]
     if not names:
         raise ValueError(f"{type(model).__name__} has no module with reset_parameters to randomise")

@@ -19,6 +19,8 @@ import numpy as np
 import scipy.stats
 import torch
 
+from ranem import _checks
+
 __all__ = ["explain_time", "compare_times", "evaluate", "wilcoxon", "WilcoxonResult", "results_table",
            "ResultsTable", "METRIC_DIRECTIONS"]
 
@@ -43,12 +45,10 @@ def explain_time(explainer, model, x, repeats: int = 1, warmup: int = 1, batched
     ``batched``, ``batched_per_image`` (one call on the whole batch, divided by B) and
     ``images_per_second`` at that batch size.
     """
-    from ranem.baselines._common import check_positive_int, model_input
-    if not callable(explainer):
-        raise TypeError(f"explainer must be callable f(model, x, target=None), got {type(explainer).__name__}")
-    x = model_input(model, x)  # the package's dtype rule: x in the model's parameter dtype
-    check_positive_int(repeats, "repeats")
-    check_positive_int(warmup, "warmup", minimum=0)
+    from ranem.metrics.robustness import _check_common
+    x = _check_common(explainer, model, x)  # the package's dtype rule: x in the model's parameter dtype
+    _checks.integer(repeats, "repeats")
+    _checks.integer(warmup, "warmup", minimum=0)
 
     own_label = getattr(explainer, "predicts_label", False)  # NEMs: one forward gives label and map
 
@@ -84,12 +84,12 @@ def compare_times(explainers: dict, model, x, rounds: int = 3, warmup: int = 1) 
     several explainers, measured round-robin: every round times each explainer once on each image
     of ``x`` in turn, so a busy machine slows all of them alike instead of whichever ran during a
     burst. Returns ``{name: median seconds}``."""
-    from ranem.baselines._common import check_positive_int, model_input
+    from ranem.baselines._common import model_input
     if not isinstance(explainers, dict) or not explainers or not all(callable(f) for f in explainers.values()):
         raise TypeError("explainers must be a non-empty dict {name: f(model, x, target=None)}")
     x = model_input(model, x)
-    check_positive_int(rounds, "rounds")
-    check_positive_int(warmup, "warmup", minimum=0)
+    _checks.integer(rounds, "rounds")
+    _checks.integer(warmup, "warmup", minimum=0)
     times = {name: [] for name in explainers}
     for _ in range(warmup):  # untimed calls: first-call costs (allocations, lazy loading) stay out
         for fn in explainers.values():
@@ -116,13 +116,13 @@ def evaluate(explainer, model, x, target=None, *, steps: int | None = None, robu
     Grad-SHAP and IBA peak at 12 GB, 16 at under 4 GB; see benchmarks/memory.py). x is cast to the model's
     parameter dtype first; maps that are not finite (B, H, W) tensors raise a ValueError.
     """
-    from ranem.baselines._common import check_positive_int, resolve_target
+    from ranem.baselines._common import resolve_target
     from ranem.metrics.curves import faithfulness
     from ranem.metrics.robustness import _check_common, _explain_in_batches, avg_sensitivity, mprt
     x = _check_common(explainer, model, x)
-    check_positive_int(explain_batch, "explain_batch")
-    check_positive_int(robust, "robust", minimum=0)
-    check_positive_int(time_images, "time_images", minimum=0)
+    _checks.integer(explain_batch, "explain_batch")
+    _checks.integer(robust, "robust", minimum=0)
+    _checks.integer(time_images, "time_images", minimum=0)
     target = resolve_target(model, x, target)
     out = {}
     start = time.perf_counter()

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 
-from ranem.baselines._common import check_positive_int, frozen
+from ranem import _checks
+from ranem.baselines._common import frozen
 from ranem.tokens.nem import find_token_embedding
 from ranem.tokens.ops import Vocab, _check_vocab, check_ids, token_substrate
 
@@ -26,8 +27,7 @@ __all__ = ["token_saliency", "token_integrated_gradients", "token_occlusion", "t
 
 
 def _setup(model, ids, target, vocab):
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _checks.module(model)
     vocab = _check_vocab(vocab if vocab is not None else getattr(model, "vocab", None) or _no_vocab())
     ids = check_ids(ids, vocab)
     p = next(model.parameters(), None)
@@ -36,15 +36,8 @@ def _setup(model, ids, target, vocab):
     with torch.no_grad(), frozen(model):
         logits = model(ids)
     if target is None:
-        t = logits.argmax(1)
-    else:
-        t = torch.as_tensor(target, device=ids.device)
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise TypeError(f"target must hold integer class indices, got {t.dtype}")
-        t = t.reshape(-1).expand(ids.shape[0]) if t.numel() == 1 else t
-        if t.shape != (ids.shape[0],) or bool((t < 0).any()) or bool((t >= logits.shape[1]).any()):
-            raise ValueError(f"target must be an int or ({ids.shape[0]},) class indices in [0, {logits.shape[1]})")
-    return vocab, ids, t.long()
+        return vocab, ids, logits.argmax(1)
+    return vocab, ids, _checks.class_indices(target, ids.shape[0], ids.device, classes=logits.shape[1])
 
 
 def _no_vocab():
@@ -68,8 +61,8 @@ def token_integrated_gradients(model, ids, target=None, vocab: Vocab | None = No
                                baseline: str = "mask", internal_batch_size: int = 512) -> torch.Tensor:
     """Integrated Gradients on the embeddings from the ``baseline`` substrate's sequence ("mask" or
     "pad"), summed over the embedding dimension; ``steps`` forward+backward passes per sequence."""
-    check_positive_int(steps, "steps")
-    check_positive_int(internal_batch_size, "internal_batch_size")
+    _checks.integer(steps, "steps")
+    _checks.integer(internal_batch_size, "internal_batch_size")
     vocab, ids, t = _setup(model, ids, target, vocab)
     if baseline not in ("mask", "pad"):
         raise ValueError(f"baseline must be 'mask' or 'pad' (a fixed sequence), got {baseline!r}")
@@ -85,7 +78,7 @@ def token_occlusion(model, ids, target=None, vocab: Vocab | None = None, substra
                     batch_size: int = 1024, generator=None) -> torch.Tensor:
     """Drop of p_target when token i alone is replaced by ``substrate`` ("mask", "pad" or
     "random"); the B*L occluded sequences go through the model in batches of ``batch_size``."""
-    check_positive_int(batch_size, "batch_size")
+    _checks.integer(batch_size, "batch_size")
     vocab, ids, t = _setup(model, ids, target, vocab)
     if substrate not in ("mask", "pad", "random"):
         raise ValueError(f"substrate must be 'mask', 'pad' or 'random' for occlusion, got {substrate!r}")

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ranem import _checks
 from ranem.tokens.ops import Vocab, _check_vocab, check_ids
 
 __all__ = ["TransformerClassifier", "CNNClassifier", "train_classifier", "accuracy"]
@@ -103,9 +104,7 @@ def train_classifier(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, 
     ids = check_ids(ids, model.vocab if hasattr(model, "vocab") else None)
     if not isinstance(labels, torch.Tensor) or labels.shape != (ids.shape[0],):
         raise ValueError(f"labels must be a ({ids.shape[0]},) tensor (one class per sequence)")
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    epochs, batch_size = _checks.integer(epochs, "epochs"), _checks.integer(batch_size, "batch_size")
     torch.manual_seed(seed)  # initial weights are the caller's; this seeds dropout
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(ids) / batch_size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ranem import _checks
 from ranem.metrics import curves as _curves
 from ranem.metrics.curves import auc
 from ranem.tokens.ops import Vocab, _check_vocab, check_attribution, check_ids, compose, token_substrate
@@ -22,9 +23,7 @@ __all__ = ["token_insertion_curve", "token_deletion_curve", "token_faithfulness"
 
 
 def _check_model(model, ids: torch.Tensor) -> None:
-    if not callable(model):
-        raise TypeError(f"model must be a torch.nn.Module or a callable giving logits, got {type(model).__name__}")
-    if isinstance(model, torch.nn.Module):
+    if isinstance(_checks.model_function(model), torch.nn.Module):
         p = next(model.parameters(), None)
         if p is not None and p.device != ids.device:
             raise ValueError(f"ids are on {ids.device} but the model's parameters are on {p.device}; move one of them")

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ranem import ops
+from ranem import _checks, ops
 from ranem.nem import BaseNEM
 from ranem.tokens.ops import (TOKEN_SUBSTRATES, Vocab, _check_vocab, check_ids, mix_embeddings, omega_tokens,
                               token_substrate)
@@ -66,9 +66,7 @@ class SequenceEncoder(nn.Module):
     def __init__(self, classifier: nn.Module, vocab: Vocab, layers: list[str] | None = None,
                  embedding: str | None = None):
         super().__init__()
-        if not isinstance(classifier, nn.Module):
-            raise TypeError(f"classifier must be a torch.nn.Module, got {type(classifier).__name__}")
-        self.classifier = classifier.eval().requires_grad_(False)
+        self.classifier = _checks.module(classifier, "classifier").eval().requires_grad_(False)
         self.vocab = vocab
         modules = dict(classifier.named_modules())
         self.embedding_name = embedding if embedding is not None else find_token_embedding(classifier, vocab)
@@ -202,8 +200,7 @@ class TokenNEM(BaseNEM):
         bad = [s for s in substrates if s not in TOKEN_SUBSTRATES]
         if bad or not substrates:
             raise ValueError(f"substrates must be names among {TOKEN_SUBSTRATES}, got {substrates!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _checks.number(dropout, "dropout", low=0, high=1, high_open=True)
         self.encoder = SequenceEncoder(classifier, self.vocab, layers, embedding)
         self.decoder = SequenceDecoder(self.encoder.channels, width, dropout,
                                        self.encoder.classes if condition else 0)
@@ -241,8 +238,7 @@ class TokenNEM(BaseNEM):
     def substrate_batch(self, ids: torch.Tensor, mode: str, generator=None):
         """Replacement ids and compaction flags for each row of ``ids`` (the masked copies): one
         substrate drawn per row (mode='input') or for the whole batch (mode='batch')."""
-        if mode not in ("input", "batch"):
-            raise ValueError(f"substrate_mode must be 'input' or 'batch', got {mode!r}")
+        _checks.one_of(mode, "substrate_mode", ops.SUBSTRATE_MODES)
         count = len(self.substrates)
         which = torch.randint(count, (ids.shape[0] if mode == "input" else 1,), generator=generator)
         which = which.expand(ids.shape[0]).to(ids.device)
@@ -287,8 +283,7 @@ class TokenNEMt(TokenNEM):
     kind = "token_nemt"
 
     def __init__(self, classifier, vocab=None, area_weight: float = 0.02, **kwargs):
-        if not area_weight >= 0:
-            raise ValueError(f"area_weight must be >= 0, got {area_weight}")
+        _checks.number(area_weight, "area_weight", low=0)
         if "delete" in (kwargs.get("substrates") or ()):
             raise ValueError("substrates of TokenNEMt cannot include 'delete': half a deletion is undefined")
         super().__init__(classifier, vocab, **kwargs)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ranem import ops
+from ranem import _checks, ops
 
 __all__ = ["Vocab", "TOKEN_SUBSTRATES", "check_ids", "check_attribution", "token_substrate", "compose",
            "compaction_order", "omega_tokens", "mix_embeddings"]
@@ -41,9 +41,7 @@ class Vocab:
 
     def __post_init__(self):
         for name in ("size", "pad_id", "mask_id", "first_regular"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"Vocab.{name} must be a non-negative int, got {v!r}")
+            _checks.integer(getattr(self, name), f"Vocab.{name}", minimum=0)
         if not max(self.pad_id, self.mask_id) < self.first_regular < self.size:
             raise ValueError(f"Vocab needs pad_id, mask_id < first_regular < size, got {self}")
         if self.pad_id == self.mask_id:
@@ -63,8 +61,7 @@ def _check_vocab(vocab) -> Vocab:
 
 def check_ids(ids, vocab: Vocab | None = None, name: str = "ids") -> torch.Tensor:
     """A non-empty (B, L) integer tensor of token ids, inside the vocabulary when one is given."""
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
+    _checks.tensor(ids, name)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor of token ids (B, L), got {ids.dtype}")
     if ids.ndim != 2 or min(ids.shape) < 1:
@@ -78,16 +75,7 @@ def check_ids(ids, vocab: Vocab | None = None, name: str = "ids") -> torch.Tenso
 
 def check_attribution(attribution, ids: torch.Tensor, name: str = "attribution") -> torch.Tensor:
     """A finite real (B, L) tensor matching ``ids``."""
-    if not isinstance(attribution, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(attribution).__name__}")
-    if attribution.is_complex():
-        raise TypeError(f"{name} must hold real numbers, got a complex tensor")
-    if tuple(attribution.shape) != tuple(ids.shape):
-        raise ValueError(f"{name} must have shape (B, L) = {tuple(ids.shape)} to match the token ids, "
-                         f"got {tuple(attribution.shape)}")
-    if attribution.is_floating_point() and not bool(torch.isfinite(attribution).all()):
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
-    return attribution
+    return _checks.finite(_checks.shaped(attribution, name, ids.shape, "B, L", "the token ids"), name)
 
 
 # ----------------------------------------------------------------------------- substrates
@@ -95,8 +83,7 @@ def token_substrate(name: str, ids: torch.Tensor, vocab: Vocab,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Replacement ids (B, L) of substrate ``name`` for ``ids``; padding stays padding. "delete"
     replaces by padding here; ``compose``/``omega_tokens`` then close the sequence up."""
-    if name not in TOKEN_SUBSTRATES:
-        raise ValueError(f"substrate must be one of {TOKEN_SUBSTRATES}, got {name!r}")
+    _checks.one_of(name, "substrate", TOKEN_SUBSTRATES)
     if name == "mask":
         r = torch.full_like(ids, vocab.mask_id)
     elif name in ("pad", "delete"):

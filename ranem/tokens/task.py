@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ranem import _checks
 from ranem.tokens.ops import Vocab
 
 __all__ = ["TokenTask", "evidence_task", "task_vocab"]
@@ -57,16 +58,10 @@ class TokenTask:
         return names
 
 
-def _positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def task_vocab(classes: int = 4, per_class: int = 4, fillers: int = 48) -> Vocab:
     """The vocabulary of ``evidence_task`` with these sizes."""
-    groups = _positive(classes, "classes") * _positive(per_class, "per_class")
-    return Vocab(size=2 + groups + _positive(fillers, "fillers"))
+    groups = _checks.integer(classes, "classes") * _checks.integer(per_class, "per_class")
+    return Vocab(size=2 + groups + _checks.integer(fillers, "fillers"))
 
 
 def evidence_task(n: int, length: int = 32, classes: int = 4, per_class: int = 4, evidence: int = 3,
@@ -74,7 +69,7 @@ def evidence_task(n: int, length: int = 32, classes: int = 4, per_class: int = 4
     """``n`` sequences of ``length`` tokens (see the module docstring), balanced classes in random
     order, from a CPU generator seeded with ``seed`` (same seed, same task)."""
     for name, v in (("n", n), ("length", length), ("evidence", evidence)):
-        _positive(v, name)
+        _checks.integer(v, name)
     if classes < 2:
         raise ValueError(f"classes must be >= 2 (a distractor needs another class), got {classes!r}")
     if isinstance(distractors, bool) or not isinstance(distractors, int) or not 0 <= distractors < evidence:
