@@ -15,12 +15,19 @@ and refuse any other ``target``.
 
 Names: saliency, integrated_gradients, gradient_shap, grad_cam_pp, rise, smooth_pixel_mask, iba,
 ranem, nemt and ranem_insdel (the last three load or train a NEM for the model through
-``ranem.nem``; imported only when asked for, so the registry works without them). ranem_insdel is
+``ranem.zoo``; imported only when asked for, so the registry works without them). ranem_insdel is
 this project's extension of Ra-NEM (insertion and deletion terms in the loss), not the paper's.
+
+The registry holds one ``Explainer`` record per method (``REGISTRY``): its function, display name,
+family, aliases and cost options together. ``EXPLAINERS``, ``DISPLAY_NAMES`` and ``FAMILIES`` are
+read-only views of it, by name.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable
 
 from ranem.baselines.extremal import smooth_pixel_mask
 from ranem.baselines.gradcam import find_target_layer, grad_cam_pp
@@ -29,82 +36,81 @@ from ranem.baselines.iba import iba, input_statistics
 from ranem.baselines.nems import nemt, ranem, ranem_insdel
 from ranem.baselines.rise import rise, rise_masks
 
-__all__ = ["EXPLAINERS", "DISPLAY_NAMES", "FAMILIES", "get_explainer", "explain", "saliency",
-           "integrated_gradients", "gradient_shap", "grad_cam_pp", "rise", "rise_masks", "smooth_pixel_mask",
-           "iba", "input_statistics", "find_target_layer", "ranem", "ranem_insdel", "nemt"]
-
-EXPLAINERS = {
-    "saliency": saliency,
-    "integrated_gradients": integrated_gradients,
-    "gradient_shap": gradient_shap,
-    "grad_cam_pp": grad_cam_pp,
-    "rise": rise,
-    "smooth_pixel_mask": smooth_pixel_mask,
-    "iba": iba,
-    "nemt": nemt,
-    "ranem": ranem,
-    "ranem_insdel": ranem_insdel,
-}
-
-DISPLAY_NAMES = {
-    "saliency": "Saliency", "integrated_gradients": "Integrated Gradients", "gradient_shap": "Grad-SHAP",
-    "grad_cam_pp": "Grad-CAM++", "rise": "RISE", "smooth_pixel_mask": "Smooth Pixel Mask", "iba": "IBA",
-    "nemt": "NEMt", "ranem": "Ra-NEM", "ranem_insdel": "Ra-NEM ins+del (ours)",
-}
-
-# Gradient methods read the model's gradient; occlusion methods only its outputs on masked
-# inputs; NEMs predict a mask with a trained network. "set" = set-of-features explanation.
-FAMILIES = {
-    "saliency": "gradient", "integrated_gradients": "gradient", "gradient_shap": "gradient",
-    "grad_cam_pp": "gradient", "rise": "occlusion", "smooth_pixel_mask": "occlusion (set)",
-    "iba": "occlusion", "nemt": "NEM (set)", "ranem": "NEM", "ranem_insdel": "NEM",
-}
-
-_ALIASES = {
-    "ig": "integrated_gradients", "gradshap": "gradient_shap", "grad_shap": "gradient_shap",
-    "gradcam++": "grad_cam_pp", "gradcampp": "grad_cam_pp", "grad-cam++": "grad_cam_pp",
-    "smooth_mask": "smooth_pixel_mask", "extremal_perturbation": "smooth_pixel_mask", "ra-nem": "ranem",
-    "ra_nem": "ranem",
-}
+__all__ = ["Explainer", "REGISTRY", "EXPLAINERS", "DISPLAY_NAMES", "FAMILIES", "canonical_name", "get_explainer",
+           "explain", "saliency", "integrated_gradients", "gradient_shap", "grad_cam_pp", "rise", "rise_masks",
+           "smooth_pixel_mask", "iba", "input_statistics", "find_target_layer", "ranem", "ranem_insdel", "nemt"]
 
 
-def _settings_options(name: str, settings) -> dict:
-    """The options a run mode sets for a method (its cost knobs)."""
-    if settings is None:
-        return {}
-    table = {
-        "integrated_gradients": {"steps": "ig_steps"},
-        "rise": {"masks": "rise_masks"},
-        "smooth_pixel_mask": {"iterations": "mask_iterations"},
-        "iba": {"draws": "iba_draws"},
-    }
-    return {opt: getattr(settings, field) for opt, field in table.get(name, {}).items() if hasattr(settings, field)}
+@dataclass(frozen=True)
+class Explainer:
+    """One registered attribution method.
+
+    ``family``: "gradient" methods read the model's gradient, "occlusion" methods only its outputs
+    on masked inputs, "NEM" methods predict a mask with a trained network; "(set)" marks a
+    set-of-features explanation. ``aliases``: other spellings ``get_explainer`` accepts (besides
+    the display name). ``cost_options``: (option, ``config.Settings`` field) pairs, the knobs a run
+    mode sets to bound the method's cost.
+    """
+
+    name: str
+    fn: Callable
+    display_name: str
+    family: str
+    aliases: tuple[str, ...] = ()
+    cost_options: tuple[tuple[str, str], ...] = ()
+
+    def options_for(self, settings) -> dict:
+        """The options ``settings`` (a ``ranem.config.Settings``, or None: none) sets for this method."""
+        if settings is None:
+            return {}
+        return {option: getattr(settings, field) for option, field in self.cost_options if hasattr(settings, field)}
+
+
+REGISTRY = (
+    Explainer("saliency", saliency, "Saliency", "gradient"),
+    Explainer("integrated_gradients", integrated_gradients, "Integrated Gradients", "gradient", aliases=("ig",),
+              cost_options=(("steps", "ig_steps"),)),
+    Explainer("gradient_shap", gradient_shap, "Grad-SHAP", "gradient", aliases=("gradshap", "grad_shap")),
+    Explainer("grad_cam_pp", grad_cam_pp, "Grad-CAM++", "gradient", aliases=("gradcam++", "gradcampp", "grad-cam++")),
+    Explainer("rise", rise, "RISE", "occlusion", cost_options=(("masks", "rise_masks"),)),
+    Explainer("smooth_pixel_mask", smooth_pixel_mask, "Smooth Pixel Mask", "occlusion (set)",
+              aliases=("smooth_mask", "extremal_perturbation"), cost_options=(("iterations", "mask_iterations"),)),
+    Explainer("iba", iba, "IBA", "occlusion", cost_options=(("draws", "iba_draws"),)),
+    Explainer("nemt", nemt, "NEMt", "NEM (set)"),
+    Explainer("ranem", ranem, "Ra-NEM", "NEM", aliases=("ra-nem", "ra_nem")),
+    Explainer("ranem_insdel", ranem_insdel, "Ra-NEM ins+del (ours)", "NEM"),
+)
+
+_BY_NAME = {e.name: e for e in REGISTRY}
+# Read-only views by name, in registry order (the order tables and figures list the methods in).
+EXPLAINERS = MappingProxyType({e.name: e.fn for e in REGISTRY})
+DISPLAY_NAMES = MappingProxyType({e.name: e.display_name for e in REGISTRY})
+FAMILIES = MappingProxyType({e.name: e.family for e in REGISTRY})
+# Every other spelling get_explainer accepts -> registry name: aliases, and display names in any case.
+_SPELLINGS = {**{e.display_name.lower(): e.name for e in REGISTRY},
+              **{alias: e.name for e in REGISTRY for alias in e.aliases}}
 
 
 def canonical_name(name: str) -> str:
-    """Registry key of ``name`` (case, spaces and the aliases in ``_ALIASES`` forgiven)."""
+    """Registry name of ``name`` (case, spaces, aliases and display names forgiven)."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     key = name.strip().lower().replace(" ", "_")
-    key = _ALIASES.get(key, key)
-    if key not in EXPLAINERS:
-        by_display = {v.lower(): k for k, v in DISPLAY_NAMES.items()}
-        key = by_display.get(name.strip().lower(), key)
-    if key not in EXPLAINERS:
-        raise ValueError(f"unknown explainer {name!r}; expected one of {', '.join(EXPLAINERS)}")
+    key = key if key in _BY_NAME else _SPELLINGS.get(key, _SPELLINGS.get(name.strip().lower()))
+    if key is None:
+        raise ValueError(f"unknown explainer {name!r}; expected one of {', '.join(_BY_NAME)}")
     return key
 
 
 def get_explainer(name: str, settings=None, **options):
     """The explainer registered as ``name``, as ``f(model, x, target=None)``, with the cost options
     of ``settings`` (a ``ranem.config.Settings``) and then ``options`` bound to it."""
-    key = canonical_name(name)
-    bound = {**_settings_options(key, settings), **options}
-    fn = EXPLAINERS[key]
+    record = _BY_NAME[canonical_name(name)]
+    bound = {**record.options_for(settings), **options}
     if not bound:
-        return fn
-    partial = functools.partial(fn, **bound)
-    functools.update_wrapper(partial, fn)
+        return record.fn
+    partial = functools.partial(record.fn, **bound)
+    functools.update_wrapper(partial, record.fn)
     return partial
 
 
