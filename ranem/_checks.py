@@ -1,8 +1,9 @@
 """Argument checks shared by the whole package, in one place.
 
 Each check takes the value first and the argument's name second, raises TypeError (wrong kind of
-object) or ValueError (right kind, wrong value) with a message that names the argument and says
-what was expected and what came, and returns the value (converted where that helps: ints, floats,
+object) or ValueError (right kind, wrong value; ``integer`` raises ValueError for both, as the
+package's int checks always have) with a message that names the argument and says what was
+expected and what came, and returns the value (converted where that helps: ints, floats,
 devices), so a caller can check and bind in one line::
 
     steps = _checks.integer(steps, "steps")
