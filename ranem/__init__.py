@@ -6,6 +6,7 @@ What a researcher needs is importable from here::
     nem = ranem.RaNEM(model)                     # a NEM for any timm classifier
     maps = ranem.explain("rise", model, x)       # any registered explainer, by name
     scores = ranem.faithfulness(model, x, maps)  # AUC insertion - AUC deletion per image
+    maps, history = ranem.optimise_attribution(model, x, steps=60)  # Ra-NEM's loss, per image
 
 The names are resolved on first use (module ``__getattr__``): ``import ranem`` itself loads
 neither torch, timm nor Captum, so tools that only need the version (or one light submodule)
@@ -35,9 +36,10 @@ _EXPORTS = {
     "evaluate": "ranem.metrics",
     "NEMAttribution": "ranem.interop",
     "quantus_explain_func": "ranem.interop",
+    "optimise_attribution": "ranem.optimise",
 }
-_SUBMODULES = {"baselines", "bounds", "cache", "classifiers", "config", "data", "interop", "metrics", "nem",
-               "ops", "pretrained", "train", "viz", "zoo"}
+_SUBMODULES = {"baselines", "bounds", "cache", "classifiers", "config", "data", "exercises", "interop", "metrics",
+               "nem", "ops", "optimise", "pretrained", "train", "viz", "zoo"}
 
 __all__ = ["__version__", *_EXPORTS]
 
@@ -46,6 +48,7 @@ if TYPE_CHECKING:  # static tools see the real objects; at run time they are loa
     from ranem.interop import NEMAttribution, quantus_explain_func
     from ranem.metrics import evaluate, faithfulness
     from ranem.nem import NEM, NEMt, RaNEM, RaNEMInsDel
+    from ranem.optimise import optimise_attribution
 
 
 def __getattr__(name: str):

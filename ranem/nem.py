@@ -23,7 +23,7 @@ from ranem.data.transforms import model_statistics, normalise_uint8
 from ranem.cache import CacheError, atomic_write, classifier_fingerprint, content_sha256, read_safetensors
 
 __all__ = ["FrozenEncoder", "Decoder", "BaseNEM", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS",
-           "classifier_fingerprint"]
+           "classifier_fingerprint", "substrate_batch", "masked_copies", "class_probability"]
 FORMAT = "ranem-nem/1"
 MAX_DECODER_WIDTH = 2048  # 8x the default's widest block: anything larger is a typo or a crafted file
 
@@ -423,19 +423,10 @@ class NEM(BaseNEM):
 
     def substrate_batch(self, x: torch.Tensor, n: int, mode: str, generator=None) -> torch.Tensor:
         """Replacement values for ``n`` copies of each image (image-major), one substrate drawn per
-        masked input (mode='input', as the paper says) or per batch (mode='batch', the authors' code)."""
-        _checks.one_of(mode, "substrate_mode", ops.SUBSTRATE_MODES)
-        count = len(self.substrates)
-        draws = (x.shape[0] * n,) if mode == "input" else (1,)
-        which = torch.randint(count, draws, generator=generator).to(x.device)
-        # The noise substrate draws on x's device: a generator elsewhere falls back to the global RNG.
-        gen = generator if generator is None or generator.device == x.device else None
-        if mode == "batch" or count == 1:
-            r = ops.get_substrate(self.substrates[int(which[0]) if count > 1 else 0])(x, generator=gen)
-            return r.repeat_interleave(n, 0)
-        stacked = torch.stack([ops.get_substrate(s)(x, generator=gen) for s in self.substrates])
-        image = torch.arange(x.shape[0], device=x.device).repeat_interleave(n)
-        return stacked[which, image]
+        masked input (mode='input', as the paper says) or per batch (mode='batch', the authors' code):
+        ``substrate_batch`` over this NEM's substrates."""
+        return substrate_batch(x, n, self.substrates, mode, generator)
+
 
 def _read_nem_file(path: Path) -> tuple[dict, dict]:
     """(metadata, tensors) of a file written by ``NEM.save``, its integrity and format checked."""
@@ -458,6 +449,53 @@ def _read_nem_file(path: Path) -> tuple[dict, dict]:
     return meta, tensors
 
 
+# ----------------------------------------------------------------------------- Ra-NEM's objective
+# The pieces of Ra-NEM's loss that do not depend on where the attribution comes from: RaNEM.loss
+# feeds them the decoder's output, ranem.optimise.optimise_attribution a free tensor per image.
+def substrate_batch(x: torch.Tensor, n: int, substrates, mode: str = "input", generator=None) -> torch.Tensor:
+    """Replacement values R for ``n`` copies of each image of x (image-major, (B * n, C, H, W)).
+
+    ``substrates``: names in ``ops.SUBSTRATES``. mode='input' draws one substrate per masked copy
+    (as the paper says); mode='batch' one for the whole batch (as the authors' code does). The
+    draw of which substrate comes first, then the noise substrate's own draw (on x's device: a
+    generator elsewhere falls back to the global RNG)."""
+    _checks.one_of(mode, "substrate_mode", ops.SUBSTRATE_MODES)
+    count = len(substrates)
+    draws = (x.shape[0] * n,) if mode == "input" else (1,)
+    which = torch.randint(count, draws, generator=generator).to(x.device)
+    gen = generator if generator is None or generator.device == x.device else None
+    if mode == "batch" or count == 1:
+        r = ops.get_substrate(substrates[int(which[0]) if count > 1 else 0])(x, generator=gen)
+        return r.repeat_interleave(n, 0)
+    stacked = torch.stack([ops.get_substrate(s)(x, generator=gen) for s in substrates])
+    image = torch.arange(x.shape[0], device=x.device).repeat_interleave(n)
+    return stacked[which, image]
+
+
+def masked_copies(x: torch.Tensor, scores: torch.Tensor, n: int, substrates, substrate_mode: str = "input",
+                  generator=None, stratified: bool = True):
+    """The masked inputs of Ra-NEM's loss: ``n`` copies of each image (image-major) in which copy
+    j of image b keeps the top-``k_bj`` pixels of ``scores_b + g`` (Gumbel noise g, ``ops.omega``)
+    and shows a substrate elsewhere.
+
+    x: images (B, C, H, W); scores: attribution logits (B, H, W), differentiable. The k of each
+    image are ``ops.sample_k(H * W, n, stratified)`` (one per bin of 1..d when stratified), the
+    substrates come from ``substrate_batch``. Random draws in this order: k, substrates, Gumbel
+    noise. Returns ``(kept, xr, r, mask)``: the masked copies, the repeated clean images, the
+    substrates and the binary masks (B * n, H, W) with their straight-through gradient."""
+    b, (h, w) = x.shape[0], x.shape[-2:]
+    k = ops.sample_k(h * w, n, stratified=stratified, generator=generator, batch=b).reshape(-1).to(x.device)
+    xr = x.repeat_interleave(n, 0)
+    r = substrate_batch(x, n, substrates, substrate_mode, generator)
+    kept, mask = ops.omega(xr, scores.repeat_interleave(n, 0), k, r, generator=generator)
+    return kept, xr, r, mask
+
+
+def class_probability(classifier: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """p_c: the classifier's softmax probability (float32) of ``classes[i]`` for ``images[i]``."""
+    return classifier(images).float().softmax(1).gather(1, classes[:, None]).squeeze(1)
+
+
 class RaNEM(NEM):
     """Ranking NEM: trained on 1 - p_c(omega(x, top_k(a + g))) with binary Gumbel-top-k masks,
     stratified k, S samples per image pushed through the classifier as one batch."""
@@ -469,16 +507,12 @@ class RaNEM(NEM):
         """``draws`` masked copies per image (image-major): the clean top-1 class of each copy, the
         copies x_M with the top-k of a + g kept and the rest replaced, the substrates R and the masks M."""
         logits, a = self(x)
-        b, (h, w) = x.shape[0], x.shape[-2:]
         c = logits.argmax(1).repeat_interleave(draws)
-        k = ops.sample_k(h * w, draws, stratified=True, generator=generator, batch=b).reshape(-1).to(x.device)
-        xr = x.repeat_interleave(draws, 0)
-        r = self.substrate_batch(x, draws, substrate_mode, generator)
-        kept, mask = ops.omega(xr, a.repeat_interleave(draws, 0), k, r, generator=generator)
+        kept, xr, r, mask = masked_copies(x, a, draws, self.substrates, substrate_mode, generator)
         return c, kept, xr, r, mask
 
     def _p(self, images, c):
-        return self.classifier(images).float().softmax(1).gather(1, c[:, None]).squeeze(1)
+        return class_probability(self.classifier, images, c)
 
     def loss(self, x, generator=None, samples=6, substrate_mode="input"):
         c, kept, _, _, mask = self._draw_masks(x, int(samples), substrate_mode, generator)

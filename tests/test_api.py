@@ -12,6 +12,7 @@ import ranem
     ("explain", "ranem.baselines"), ("get_explainer", "ranem.baselines"), ("EXPLAINERS", "ranem.baselines"),
     ("faithfulness", "ranem.metrics"), ("evaluate", "ranem.metrics"),
     ("NEMAttribution", "ranem.interop"), ("quantus_explain_func", "ranem.interop"),
+    ("optimise_attribution", "ranem.optimise"),
 ])
 def test_top_level_names_are_the_modules_objects(name, module):
     import importlib
