@@ -119,8 +119,8 @@ def check(name: str, answer, expected, *, rtol: float = 1e-3, atol: float = 0.0,
     if expected is None:
         raise ValueError("expected must be the right answer, got None")
     if _is_unanswered(answer):
-        return Verdict("unanswered", f"Not answered yet: {name} is still None. Replace the None after "
-                                     f"'# TODO' with your answer and run the check again.")
+        return Verdict("unanswered", f"Not answered yet ({name}): replace the None after '# TODO' with your "
+                                     f"answer and run this check again.")
     if _matches(answer, expected, rtol, atol):
         return Verdict("correct", f"Correct: {name} = {_show(answer)}.")
     reason = f", because {why.strip().rstrip('.')}" if why else ""

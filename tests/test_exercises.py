@@ -10,7 +10,8 @@ def test_an_unanswered_exercise_says_so():
     for answer in (None, {"a": None, "b": None}, [None, None]):
         v = check("the answer", answer, 1.0)
         assert v.status == "unanswered" and not v
-        assert str(v).startswith("Not answered yet: the answer is still None")
+        assert str(v) == ("Not answered yet (the answer): replace the None after '# TODO' with your answer and "
+                          "run this check again.")
 
 
 def test_numbers_match_within_the_relative_tolerance():
