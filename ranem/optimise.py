@@ -110,36 +110,39 @@ def optimise_attribution(model: nn.Module, x: torch.Tensor, *, target=None, reso
     every logit from its own gradient, so an image's map depends on the batch only through the
     random draws.
 
-    Args:
-        model: the classifier (a ``torch.nn.Module`` giving logits (B, K)); it is used in eval mode
-            and its parameters get no gradient (both restored afterwards).
-        x: normalised images (B, C, H, W) on the model's device (cast to its dtype).
-        target: the class p_c scores per image: None (the model's top-1 on x), an int, or a (B,)
-            integer tensor of output indices. The exact curves of ``history`` score it too.
-        resolution: None (H x W logits), an int r (an r x r grid) or a pair (h, w).
-        init: None (all logits 0, every ranking equally likely under the noise) or a float tensor
-            (B, h, w) of starting logits, whose grid sets the resolution.
-        steps: Adam steps (>= 0). samples: masked copies per image and step (the paper's S: 6).
-        lr: Adam's learning rate (> 0).
-        substrates: names among ``ops.SUBSTRATES`` (a single name is one substrate).
-        substrate_mode: 'input' (one substrate per masked copy, as the paper and ``RaNEM.loss``) or
-            'batch' (one per step, as the authors' code).
-        stratified: draw k stratified (one per bin of 1..d, as the authors) or uniformly.
-        eval_every: None (the exact curves of the final attribution only) or n: also at iterations
-            0, n, 2n, ... (the loss never sees them).
-        curve_steps: points of the exact curves minus one (None: ``ranem.metrics``' default);
-            insertion on blur, deletion on zeros, as everywhere in the book.
-        batch_size: masked images per forward of the exact curves.
-        generator: a ``torch.Generator`` for every random draw (None: the global RNG); a seeded one
-            makes the result reproducible.
-        progress: show a progress bar.
+    Arguments:
 
-    Returns:
-        attribution: (B, H, W) float tensor, detached, higher = more important (the upsampled logits).
-        history: dict with ``iteration`` (E,) of the evaluations; ``insertion``, ``deletion``,
-        ``faithfulness`` (E, B), the exact AUCs at those iterations; ``loss`` (steps, B), each
-        image's loss per step; ``logits`` (B, h, w), the optimised grid; ``target`` (B,); and
-        ``seconds``, the wall time (evaluations included).
+    - ``model``: the classifier (a ``torch.nn.Module`` giving logits (B, K)); it is used in eval mode
+      and its parameters get no gradient (both restored afterwards).
+    - ``x``: normalised images (B, C, H, W) on the model's device (cast to its dtype).
+    - ``target``: the class p_c scores per image: None (the model's top-1 on x), an int, or a (B,)
+      integer tensor of output indices. The exact curves of ``history`` score it too.
+    - ``resolution``: None (H x W logits), an int r (an r x r grid) or a pair (h, w).
+    - ``init``: None (all logits 0, every ranking equally likely under the noise) or a float tensor
+      (B, h, w) of starting logits, whose grid sets the resolution.
+    - ``steps``: Adam steps (>= 0).
+    - ``samples``: masked copies per image and step (the paper's S: 6).
+    - ``lr``: Adam's learning rate (> 0).
+    - ``substrates``: names among ``ops.SUBSTRATES`` (a single name is one substrate).
+    - ``substrate_mode``: 'input' (one substrate per masked copy, as the paper and ``RaNEM.loss``) or
+      'batch' (one per step, as the authors' code).
+    - ``stratified``: draw k stratified (one per bin of 1..d, as the authors) or uniformly.
+    - ``eval_every``: None (the exact curves of the final attribution only) or n: also at iterations
+      0, n, 2n, ... (the loss never sees them).
+    - ``curve_steps``: points of the exact curves minus one (None: ``ranem.metrics``' default);
+      insertion on blur, deletion on zeros, as everywhere in the book.
+    - ``batch_size``: masked images per forward of the exact curves.
+    - ``generator``: a ``torch.Generator`` for every random draw (None: the global RNG); a seeded one
+      makes the result reproducible.
+    - ``progress``: show a progress bar.
+
+    Returns ``(attribution, history)``:
+
+    - ``attribution``: (B, H, W) float tensor, detached, higher = more important (the upsampled logits).
+    - ``history``: dict with ``iteration`` (E,) of the evaluations; ``insertion``, ``deletion``,
+      ``faithfulness`` (E, B), the exact AUCs at those iterations; ``loss`` (steps, B), each
+      image's loss per step; ``logits`` (B, h, w), the optimised grid; ``target`` (B,); and
+      ``seconds``, the wall time (evaluations included).
     """
     _checks.module(model, "model")
     x = _checks.image_batch(model_input(model, x), "x", nonempty=True, finite=True)
