@@ -13,7 +13,6 @@ logits differs. Every image of the batch is optimised at once, each on its own l
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ranem import _checks, ops
-from ranem.baselines._common import model_input
+from ranem.baselines._common import frozen, model_input
 from ranem.metrics.curves import _targets, auc, faithfulness
 from ranem.nem import class_probability, masked_copies
 
@@ -71,22 +70,6 @@ def _substrate_names(substrates) -> tuple[str, ...]:
         raise ValueError(f"substrates must be a non-empty sequence of names among {sorted(ops.SUBSTRATES)}, "
                          f"got {substrates!r}")
     return names
-
-
-@contextlib.contextmanager
-def _frozen(model: nn.Module):
-    """The model in eval mode with no parameter gradients (only the logits learn), restored after."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def optimise_attribution(model: nn.Module, x: torch.Tensor, *, target=None, resolution=None, init=None,
@@ -160,7 +143,7 @@ def optimise_attribution(model: nn.Module, x: torch.Tensor, *, target=None, reso
     _checks.generator(generator)
     _checks.flag(progress, "progress")
 
-    with _frozen(model):
+    with frozen(model):
         with torch.no_grad():
             clean = model(x)
         if not isinstance(clean, torch.Tensor) or clean.ndim != 2 or clean.shape[0] != b:
