@@ -21,7 +21,7 @@ import operator
 
 import torch
 
-__all__ = ["integer", "number", "probability", "flag", "one_of", "size_pair", "tensor", "float_tensor", "finite",
+__all__ = ["integer", "number", "probability", "flag", "one_of", "names", "size_pair", "tensor", "float_tensor", "finite",
            "image_batch", "shaped", "class_indices", "module", "model_function", "device", "generator", "timm_name"]
 
 
@@ -80,6 +80,21 @@ def one_of(value, name: str, choices):
     if not known:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+def names(value, name: str, choices) -> tuple[str, ...]:
+    """A non-empty tuple of names among ``choices`` from one name or a sequence of names (the
+    substrates of a NEM, of a curve or of a per-image optimisation)."""
+    items = (value,) if isinstance(value, str) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise TypeError(f"{name} must be a name or a sequence of names among {sorted(choices)}, got {value!r}") from None
+    if not items:
+        raise ValueError(f"{name} must be a non-empty sequence of names among {sorted(choices)}, got {value!r}")
+    if any(not isinstance(s, str) or s not in choices for s in items):
+        raise ValueError(f"{name} must be names among {sorted(choices)}, got {value!r}")
+    return items
 
 
 def size_pair(value, name: str = "size") -> tuple[int, int]:

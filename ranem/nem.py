@@ -333,10 +333,7 @@ class NEM(BaseNEM):
     def __init__(self, classifier: nn.Module, *, layers=None, decoder_channels=(256, 128, 64, 32, 16),
                  dropout: float = 0.2, substrates=None):
         super().__init__()
-        substrates = tuple(substrates or self.default_substrates)
-        for s in substrates:
-            if s not in ops.SUBSTRATES:
-                raise ValueError(f"substrates must be names among {sorted(ops.SUBSTRATES)}, got {s!r}")
+        substrates = _checks.names(substrates or self.default_substrates, "substrates", ops.SUBSTRATES)
         _checks.number(dropout, "dropout", low=0, high=1, high_open=True)
         decoder_channels = _check_decoder_channels(decoder_channels)
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ranem import _checks, ops
 from ranem.baselines._common import frozen, model_input
-from ranem.metrics.curves import _targets, auc, faithfulness
+from ranem.metrics.curves import _softmax_rows, _targets, auc, faithfulness
 from ranem.nem import class_probability, masked_copies
 
 __all__ = ["optimise_attribution"]
@@ -57,19 +57,6 @@ def _grid(resolution, init, b: int, h: int, w: int) -> tuple[int, int]:
     if shape[0] > h or shape[1] > w:
         raise ValueError(f"init's grid {shape} must be at most the image's {(h, w)}")
     return shape
-
-
-def _substrate_names(substrates) -> tuple[str, ...]:
-    names = (substrates,) if isinstance(substrates, str) else substrates
-    try:
-        names = tuple(names)
-    except TypeError:
-        raise TypeError(f"substrates must be a name or a sequence of names among {sorted(ops.SUBSTRATES)}, "
-                        f"got {substrates!r}") from None
-    if not names or any(not isinstance(s, str) or s not in ops.SUBSTRATES for s in names):
-        raise ValueError(f"substrates must be a non-empty sequence of names among {sorted(ops.SUBSTRATES)}, "
-                         f"got {substrates!r}")
-    return names
 
 
 def optimise_attribution(model: nn.Module, x: torch.Tensor, *, target=None, resolution=None, init=None,
@@ -134,7 +121,7 @@ def optimise_attribution(model: nn.Module, x: torch.Tensor, *, target=None, reso
     steps = _checks.integer(steps, "steps", minimum=0)
     samples = _checks.integer(samples, "samples")
     lr = _checks.number(lr, "lr", low=0, low_open=True)
-    substrates = _substrate_names(substrates)
+    substrates = _checks.names(substrates, "substrates", ops.SUBSTRATES)
     _checks.one_of(substrate_mode, "substrate_mode", ops.SUBSTRATE_MODES)
     _checks.flag(stratified, "stratified")
     eval_every = _optional_int(eval_every, "eval_every")
@@ -145,11 +132,7 @@ def optimise_attribution(model: nn.Module, x: torch.Tensor, *, target=None, reso
 
     with frozen(model):
         with torch.no_grad():
-            clean = model(x)
-        if not isinstance(clean, torch.Tensor) or clean.ndim != 2 or clean.shape[0] != b:
-            shape = tuple(clean.shape) if isinstance(clean, torch.Tensor) else type(clean).__name__
-            raise ValueError(f"model must return logits of shape (B, K) = ({b}, K), got {shape}")
-        tgt = _targets(target, clean.float())
+            tgt = _targets(target, _softmax_rows(model, x, b))  # checks the logits' shape on the way
         start_logits = torch.zeros(b, *grid, dtype=x.dtype, device=x.device) if init is None else init
         logits = start_logits.detach().to(device=x.device, dtype=x.dtype).clone().requires_grad_(True)
         optimiser = torch.optim.Adam([logits], lr=lr)

@@ -84,3 +84,15 @@ def test_size_pair_flag_and_timm_name():
         _checks.flag("yes", "progress")
     with pytest.raises(ValueError, match="did you mean resnet10t"):
         _checks.timm_name("resnet10tt")
+
+
+def test_names_takes_one_name_or_a_sequence_of_known_names():
+    choices = ("zeros", "blur")
+    assert _checks.names("blur", "substrates", choices) == ("blur",)
+    assert _checks.names(["zeros", "blur"], "substrates", choices) == ("zeros", "blur")
+    with pytest.raises(ValueError, match=r"substrates must be names among \['blur', 'zeros'\], got \('grey',\)"):
+        _checks.names(("grey",), "substrates", choices)
+    with pytest.raises(ValueError, match="substrates must be a non-empty sequence"):
+        _checks.names((), "substrates", choices)
+    with pytest.raises(TypeError, match="substrates must be a name or a sequence of names"):
+        _checks.names(3, "substrates", choices)

@@ -196,10 +196,7 @@ class TokenNEM(BaseNEM):
         if vocab is None:
             raise TypeError("vocab must be given (a ranem.tokens.Vocab) for a classifier without a .vocab")
         self.vocab = _check_vocab(vocab)
-        substrates = tuple(substrates or self.default_substrates)
-        bad = [s for s in substrates if s not in TOKEN_SUBSTRATES]
-        if bad or not substrates:
-            raise ValueError(f"substrates must be names among {TOKEN_SUBSTRATES}, got {substrates!r}")
+        substrates = _checks.names(substrates or self.default_substrates, "substrates", TOKEN_SUBSTRATES)
         _checks.number(dropout, "dropout", low=0, high=1, high_open=True)
         self.encoder = SequenceEncoder(classifier, self.vocab, layers, embedding)
         self.decoder = SequenceDecoder(self.encoder.channels, width, dropout,
