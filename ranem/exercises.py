@@ -50,12 +50,9 @@ def _numbers(value):
     """``value`` as a float64 array, or None when it is not made of real numbers (bools excluded)."""
     if isinstance(value, (str, bytes, dict)) or value is None:
         return None
-    try:
-        import torch  # only to read tensors: answers are often tensors
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().double().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency of the package
-        pass
+    import torch  # here, not at the top: only to read tensors, which answers often are
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
     try:
         array = np.asarray(value)
     except (TypeError, ValueError):
@@ -83,6 +80,11 @@ def _matches(answer, expected, rtol: float, atol: float) -> bool:
     return bool(np.allclose(a, e, rtol=rtol, atol=atol))
 
 
+def _number(v: float) -> str:
+    """An integer without its '.0', anything else to 4 significant digits."""
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+
+
 def _show(value) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k!r}: {_show(v)}" for k, v in value.items()) + "}"
@@ -92,9 +94,8 @@ def _show(value) -> str:
     if array is None:
         return repr(value)
     if array.ndim == 0:
-        v = float(array)
-        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
-    items = [str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}" for v in array.ravel()[:12]]
+        return _number(float(array))
+    items = [_number(float(v)) for v in array.ravel()[:12]]
     more = ", ..." if array.size > 12 else ""
     shape = f" (shape {array.shape})" if array.ndim > 1 else ""
     return "[" + ", ".join(items) + more + "]" + shape
