@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=None)
     args = parser.parse_args()
     from ranem import baselines
-    methods = args.methods or [n for n in baselines.EXPLAINERS if n not in NEEDS_TRAINING]
+    methods = args.methods or [n for n in baselines.COMPARED if n not in NEEDS_TRAINING]
     print(f"mode {args.mode}; peak resident MB per explainer call (ratio to the floor of the same batch)")
     print(f"{'method':<22}" + "".join(f"{f'batch {b}':>24}" for b in args.images))
     for name in methods:

@@ -242,7 +242,8 @@ def test_iba_maps_and_statistics(tiny, images):
 
 # ------------------------------------------------------------------ registry, interface, errors
 FAST = {"integrated_gradients": dict(steps=4), "gradient_shap": dict(samples=2), "rise": dict(masks=16),
-        "smooth_pixel_mask": dict(iterations=3), "iba": dict(steps=2, draws=2)}
+        "smooth_pixel_mask": dict(iterations=3), "iba": dict(steps=2, draws=2),
+        "forgrad_integrated_gradients": dict(steps=4), "forgrad_gradient_shap": dict(samples=2)}
 
 
 @pytest.mark.parametrize("kind", ["cnn", "vit"])

@@ -2,7 +2,8 @@
 import pytest
 
 from ranem import baselines, config
-from ranem.baselines import DISPLAY_NAMES, EXPLAINERS, FAMILIES, REGISTRY, Explainer, canonical_name, get_explainer
+from ranem.baselines import (COMPARED, DISPLAY_NAMES, EXPLAINERS, FAMILIES, REGISTRY, Explainer, canonical_name,
+                             get_explainer)
 
 FAMILY_NAMES = {"gradient", "occlusion", "occlusion (set)", "NEM", "NEM (set)"}
 
@@ -37,6 +38,16 @@ def test_views_follow_the_records_in_order_and_are_read_only():
         assert FAMILIES[e.name] == e.family
     with pytest.raises(TypeError):
         EXPLAINERS["mine"] = len
+
+
+def test_the_compared_methods_are_the_books_ten_in_registry_order():
+    # Chapters 7 and 8 (and benchmarks/memory.py) iterate over COMPARED: a variant registered later
+    # (compared=False) must not enter their tables and figures.
+    assert COMPARED == ("saliency", "integrated_gradients", "gradient_shap", "grad_cam_pp", "rise",
+                        "smooth_pixel_mask", "iba", "nemt", "ranem", "ranem_insdel")
+    assert COMPARED == tuple(e.name for e in REGISTRY if e.compared)
+    assert {e.name for e in REGISTRY if not e.compared} == {"forgrad_saliency", "forgrad_integrated_gradients",
+                                                           "forgrad_gradient_shap"}
 
 
 @pytest.mark.parametrize("record", REGISTRY, ids=lambda e: e.name)

@@ -17,10 +17,14 @@ Names: saliency, integrated_gradients, gradient_shap, grad_cam_pp, rise, smooth_
 ranem, nemt and ranem_insdel (the last three load or train a NEM for the model through
 ``ranem.zoo``; imported only when asked for, so the registry works without them). ranem_insdel is
 this project's extension of Ra-NEM (insertion and deletion terms in the loss), not the paper's.
+Also forgrad_saliency, forgrad_integrated_gradients and forgrad_gradient_shap: the three gradient
+maps low-pass filtered in the Fourier domain (FORgrad, Muzellec et al., 2024; ``cutoff=``, see
+``ranem.baselines.forgrad``). These are reachable by name but not in ``COMPARED``, the methods the
+book's chapters 7 and 8 compare, so they enter none of its tables.
 
 The registry holds one ``Explainer`` record per method (``REGISTRY``): its function, display name,
 family, aliases and cost options together. ``EXPLAINERS``, ``DISPLAY_NAMES`` and ``FAMILIES`` are
-read-only views of it, by name.
+read-only views of it, by name; ``COMPARED`` the names of the compared methods, in registry order.
 """
 from __future__ import annotations
 
@@ -30,15 +34,17 @@ from types import MappingProxyType
 from typing import Callable
 
 from ranem.baselines.extremal import smooth_pixel_mask
+from ranem.baselines.forgrad import forgrad_gradient_shap, forgrad_integrated_gradients, forgrad_saliency, low_pass
 from ranem.baselines.gradcam import find_target_layer, grad_cam_pp
 from ranem.baselines.gradients import gradient_shap, integrated_gradients, saliency
 from ranem.baselines.iba import iba, input_statistics
 from ranem.baselines.nems import nemt, ranem, ranem_insdel
 from ranem.baselines.rise import rise, rise_masks
 
-__all__ = ["Explainer", "REGISTRY", "EXPLAINERS", "DISPLAY_NAMES", "FAMILIES", "canonical_name", "get_explainer",
-           "explain", "saliency", "integrated_gradients", "gradient_shap", "grad_cam_pp", "rise", "rise_masks",
-           "smooth_pixel_mask", "iba", "input_statistics", "find_target_layer", "ranem", "ranem_insdel", "nemt"]
+__all__ = ["Explainer", "REGISTRY", "EXPLAINERS", "DISPLAY_NAMES", "FAMILIES", "COMPARED", "canonical_name",
+           "get_explainer", "explain", "saliency", "integrated_gradients", "gradient_shap", "grad_cam_pp", "rise",
+           "rise_masks", "smooth_pixel_mask", "iba", "input_statistics", "find_target_layer", "ranem", "ranem_insdel",
+           "nemt", "forgrad_saliency", "forgrad_integrated_gradients", "forgrad_gradient_shap", "low_pass"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,9 @@ class Explainer:
     on masked inputs, "NEM" methods predict a mask with a trained network; "(set)" marks a
     set-of-features explanation. ``aliases``: other spellings ``get_explainer`` accepts (besides
     the display name). ``cost_options``: (option, ``config.Settings`` field) pairs, the knobs a run
-    mode sets to bound the method's cost.
+    mode sets to bound the method's cost. ``compared``: whether the book's comparison (chapters 7
+    and 8, and ``benchmarks/memory.py``) includes the method; False for variants reachable by name
+    only, so that registering one changes no table or figure of the book.
     """
 
     name: str
@@ -58,6 +66,7 @@ class Explainer:
     family: str
     aliases: tuple[str, ...] = ()
     cost_options: tuple[tuple[str, str], ...] = ()
+    compared: bool = True
 
     def options_for(self, settings) -> dict:
         """The options ``settings`` (a ``ranem.config.Settings``, or None: none) sets for this method."""
@@ -79,6 +88,11 @@ REGISTRY = (
     Explainer("nemt", nemt, "NEMt", "NEM (set)"),
     Explainer("ranem", ranem, "Ra-NEM", "NEM", aliases=("ra-nem", "ra_nem")),
     Explainer("ranem_insdel", ranem_insdel, "Ra-NEM ins+del (ours)", "NEM"),
+    Explainer("forgrad_saliency", forgrad_saliency, "FORgrad Saliency", "gradient", compared=False),
+    Explainer("forgrad_integrated_gradients", forgrad_integrated_gradients, "FORgrad Integrated Gradients",
+              "gradient", aliases=("forgrad_ig",), cost_options=(("steps", "ig_steps"),), compared=False),
+    Explainer("forgrad_gradient_shap", forgrad_gradient_shap, "FORgrad Grad-SHAP", "gradient",
+              aliases=("forgrad_gradshap",), compared=False),
 )
 
 _BY_NAME = {e.name: e for e in REGISTRY}
@@ -86,6 +100,7 @@ _BY_NAME = {e.name: e for e in REGISTRY}
 EXPLAINERS = MappingProxyType({e.name: e.fn for e in REGISTRY})
 DISPLAY_NAMES = MappingProxyType({e.name: e.display_name for e in REGISTRY})
 FAMILIES = MappingProxyType({e.name: e.family for e in REGISTRY})
+COMPARED = tuple(e.name for e in REGISTRY if e.compared)  # what the book's tables iterate over
 # Every other spelling get_explainer accepts -> registry name: aliases, and display names in any case.
 _SPELLINGS = {**{e.display_name.lower(): e.name for e in REGISTRY},
               **{alias: e.name for e in REGISTRY for alias in e.aliases}}
