@@ -5,12 +5,14 @@ Prodigy (lr 1, weight decay 1e-4) on the decoder only, cosine annealing stepped 
 precision and channels-last on CUDA, a progress bar, a history (loss per step and epoch, validation
 faithfulness per epoch, attributions of a few fixed images after each epoch), an atomic checkpoint
 after every epoch and ``resume=True`` continuing exactly where it stopped (same seed, same result
-on CPU). ``plateau_epoch`` reads where a learning curve stops rising. The NEMs the book's chapters
-share are trained and cached by ``ranem.zoo.get_nem``.
+on CPU). Under a process group of several processes (torchrun, ``ranem.distributed``) the same
+call trains data-parallel (see ``train``). ``plateau_epoch`` reads where a learning curve stops
+rising. The NEMs the book's chapters share are trained and cached by ``ranem.zoo.get_nem``.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import io
 import json
@@ -22,10 +24,11 @@ from typing import TYPE_CHECKING
 import torch
 from prodigyopt import Prodigy
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, TensorDataset
 from tqdm.auto import tqdm
 
-from ranem import _checks, config
+from ranem import _checks, config, distributed
 from ranem.ops import SUBSTRATE_MODES
 from ranem.cache import CacheError, atomic_write, classifier_fingerprint, content_sha256, read_safetensors
 
@@ -37,8 +40,30 @@ CKPT_FORMAT = "ranem-train/1"
 
 
 # ----------------------------------------------------------------------------- data
-def _as_loader(data, batch_size: int, generator: torch.Generator) -> DataLoader:
+class _ShardBatches(Sampler):
+    """This process's part of every global batch. Global batches of ``world_size * batch_size``
+    indices are cut from ``order`` (the single-process loader's shuffle: same generator, same draws)
+    and process r takes their r-th block of ``batch_size``: the processes' batches together are the
+    single-process batch, every epoch. A ragged last global batch is dropped."""
+
+    def __init__(self, order: Sampler, batch_size: int, rank: int, world_size: int):
+        self.order, self.batch_size = order, batch_size
+        self.start, self.size = rank * batch_size, batch_size * world_size
+
+    def __len__(self) -> int:
+        return len(self.order) // self.size
+
+    def __iter__(self):
+        order = list(self.order)
+        for i in range(0, len(order) - self.size + 1, self.size):
+            yield order[i + self.start:i + self.start + self.batch_size]
+
+
+def _as_loader(data, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> DataLoader:
     if isinstance(data, DataLoader):
+        if world_size > 1 and not isinstance(data.sampler, DistributedSampler):
+            raise TypeError("distributed training shards a Dataset or a tensor itself; a DataLoader must use a "
+                            "DistributedSampler")
         return data
     if isinstance(data, torch.Tensor):
         data = TensorDataset(data)
@@ -47,6 +72,12 @@ def _as_loader(data, batch_size: int, generator: torch.Generator) -> DataLoader:
     n = len(data)
     if n < 1:
         raise ValueError("data is empty")
+    if world_size > 1:
+        if n < world_size * batch_size:
+            raise ValueError(f"data has {n} items, fewer than one global batch ({world_size} processes x "
+                             f"batch_size {batch_size})")
+        order = RandomSampler(data, generator=generator)
+        return DataLoader(data, batch_sampler=_ShardBatches(order, batch_size, rank, world_size), generator=generator)
     # Drop a ragged last batch (BatchNorm in the decoder dislikes tiny batches) unless it is all we have.
     return DataLoader(data, batch_size=min(batch_size, n), shuffle=True, generator=generator, drop_last=n > batch_size)
 
@@ -153,6 +184,34 @@ def _resume_point(checkpoint, nem, run) -> tuple[int, dict | None]:
 
 
 # ----------------------------------------------------------------------------- the loop
+def _seed_epoch(generator: torch.Generator, seed: int, epoch: int, rank: int) -> None:
+    """Data-parallel runs: this process's random draws (``generator``: k, Gumbel noise, substrates;
+    the global RNG: dropout) in ``epoch`` are a function of (seed, epoch, rank), so that the processes
+    draw independently and a resumed run draws what the uninterrupted one did without every
+    process's RNG state in rank 0's checkpoint."""
+    key = hashlib.blake2b(f"ranem-train/{seed}/{epoch}/{rank}".encode(), digest_size=8).digest()
+    s = int.from_bytes(key, "little") >> 1
+    generator.manual_seed(s)
+    torch.manual_seed(s)
+
+
+@contextlib.contextmanager
+def _replicated(nem, ddp: DistributedDataParallel | None):
+    """One step's loss computed through the DDP replica of the decoder (its backward averages the
+    gradients over the processes) with BatchNorm statistics of the global batch. Without ``ddp``
+    (one process) nothing changes."""
+    if ddp is None:
+        yield
+        return
+    plain = nem.decoder
+    nem.decoder = ddp
+    try:
+        with distributed.synced_batchnorm(plain):
+            yield
+    finally:
+        nem.decoder = plain
+
+
 def _validate(nem: BaseNEM, x: torch.Tensor, steps: int, amp: bool) -> float:
     return nem.validation_faithfulness(x, steps, amp)
 
@@ -187,6 +246,19 @@ def train(nem: BaseNEM, data, *, epochs: int | None = None, samples: int | None 
     t_max: cosine period in epochs (default 2*epochs: the authors' 20 for 10 epochs).
     checkpoint: a file written atomically after every epoch; ``resume=True`` continues from it.
     callback(epoch, history) runs after each epoch's checkpoint.
+
+    Data-parallel: when a process group of N > 1 processes is started (``ranem.distributed.init``
+    under torchrun), every process calls ``train`` with the same arguments and data and the decoder
+    is trained as DistributedDataParallel. ``batch_size`` is per process: a step sees N *
+    batch_size images, the single-process loader's batch of that size cut into N blocks (same
+    shuffle, every epoch), and since the loss is a mean over equal blocks, DDP's averaged gradient
+    is the full batch's. BatchNorm in the decoder uses the global batch's statistics
+    (``ranem.distributed.synced_batchnorm``). A run without randomness (e.g. NEMt with the 'zeros'
+    substrate, dropout 0) thus equals one process with batch N * batch_size, to float rounding. The
+    random draws (k, Gumbel noise, substrates, dropout) are each process's own stream, a function
+    of (seed, epoch, rank): as good a sample, but not the same numbers as one process. Only rank 0
+    writes the checkpoint; every process resumes from it (a shared path) and returns the same
+    history (losses averaged over the processes); ``callback`` runs on every process.
     """
     _check_nem(nem)
     epochs = config.settings().nem_epochs if epochs is None else epochs
@@ -196,6 +268,8 @@ def train(nem: BaseNEM, data, *, epochs: int | None = None, samples: int | None 
         _checks.integer(value, name)
     _checks.one_of(substrate_mode, "substrate_mode", SUBSTRATE_MODES)
     device = torch.device(device) if device is not None else next(nem.decoder.parameters()).device
+    rank, world_size = distributed.world()
+    parallel = world_size > 1
     cuda = device.type == "cuda"
     amp = cuda if amp is None else bool(amp) and cuda
     amp_dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
@@ -206,11 +280,13 @@ def train(nem: BaseNEM, data, *, epochs: int | None = None, samples: int | None 
     run = {"epochs": epochs, "samples": samples, "batch_size": batch_size, "substrate_mode": substrate_mode,
            "lr": lr, "weight_decay": weight_decay, "d0": d0, "t_max": t_max or 2 * epochs, "eta_min": eta_min,
            "seed": seed}
+    if parallel:  # another world size is another run (another global batch)
+        run["world_size"] = world_size
 
     generator = torch.Generator().manual_seed(seed)  # k, Gumbel noise, substrates (CPU: same on every device)
     shuffle = torch.Generator().manual_seed(seed + 1)
     torch.manual_seed(seed)  # dropout
-    loader = _as_loader(data, batch_size, shuffle)
+    loader = _as_loader(data, batch_size, shuffle, rank, world_size)
     x_val, x_snap = _stack(val_data, nem, device), _stack(snapshot, nem, device)
     with contextlib.redirect_stdout(io.StringIO()):  # prodigyopt prints a notice
         opt = Prodigy(nem.decoder.parameters(), lr=lr, weight_decay=weight_decay, d0=d0)
@@ -229,23 +305,35 @@ def train(nem: BaseNEM, data, *, epochs: int | None = None, samples: int | None 
         history = state["history"]
     elif x_val is not None or x_snap is not None:
         _record(nem, history, x_val, x_snap, curve_steps, amp)
+    ddp = None
+    if parallel:
+        distributed.check_same(start, "the epoch to resume from", device)
+        ddp = DistributedDataParallel(nem.decoder, device_ids=[device.index] if cuda else None)
+    progress = progress and rank == 0
 
     bar = tqdm(total=(epochs - start) * len(loader), desc=f"train {nem.kind}", disable=not progress, leave=False)
     for epoch in range(start, epochs):
         nem.train()
+        if parallel:
+            _seed_epoch(generator, seed, epoch, rank)
+            if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+                loader.sampler.set_epoch(epoch)
         t0, losses, p_masked = time.perf_counter(), [], []
         for batch in loader:
             x = _images(batch, nem, device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp), _replicated(nem, ddp):
                 loss, stats = nem.loss(x, generator=generator, samples=samples, substrate_mode=substrate_mode)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            losses.append(loss.item())
-            p_masked.append(stats["p_masked"])
+            logged = (loss.item(), stats["p_masked"])
+            if parallel:  # the global batch's
+                logged = distributed.mean_over_processes(logged, device)
+            losses.append(logged[0])
+            p_masked.append(logged[1])
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
         history["lr"].append(sched.get_last_lr()[0] * opt.param_groups[0]["d"])  # Prodigy's effective step
@@ -258,9 +346,11 @@ def train(nem: BaseNEM, data, *, epochs: int | None = None, samples: int | None 
         if progress:
             val = f", val faithfulness {history['val_faithfulness'][-1]:.3f}" if x_val is not None else ""
             bar.write(f"epoch {epoch + 1}/{epochs}: loss {history['epoch_loss'][-1]:.4f}{val}")
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
             _save_checkpoint(checkpoint, nem, opt, sched, scaler, generator, shuffle, device, epoch + 1, history, run)
+        if checkpoint is not None and parallel:
+            distributed.barrier()  # written before any process reads it (a callback, a resume)
         if callback is not None:
             callback(epoch + 1, history)
     bar.close()
