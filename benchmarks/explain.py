@@ -10,18 +10,17 @@ Weights are random: latency does not depend on them. Timings are medians over in
 (every method once per round), so a noisy machine slows all alike; the ratios are what to read.
 
   MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456 \\
-      .venv/bin/python benchmarks/explain.py --model resnet10t --size 64
+      .venv/bin/python benchmarks/explain.py --model tf_efficientnet_lite0 --size 144   # cpu mode's CNN
   .venv/bin/python benchmarks/explain.py --model resnet50 --size 224 --batches 1 64   # the paper's
 """
 from __future__ import annotations
 
 
-import timm
 import torch
 
 from ranem.baselines import saliency
 from ranem.nem import RaNEM
-from _common import benchmark_parser, device_from, round_robin, row
+from _common import benchmark_parser, device_from, random_classifier, round_robin, row
 
 
 def parser():
@@ -35,10 +34,7 @@ def run(args) -> list:
     rows = []
     device = device_from(args)
     torch.manual_seed(0)
-    kwargs = {"img_size": args.size} if "vit" in args.model else {}
-    model = timm.create_model(args.model, num_classes=10, **kwargs).eval().to(device)
-    model.requires_grad_(False)
-    model.ranem_info = {"image_size": args.size}
+    model = random_classifier(args.model, args.size, device)
     nem = RaNEM(model).eval()
     n_clf = sum(p.numel() for p in model.parameters())
     n_dec = sum(p.numel() for p in nem.decoder.parameters())

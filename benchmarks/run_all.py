@@ -31,7 +31,11 @@ from _common import Row, peer_missing
 HERE = Path(__file__).resolve().parent
 # (script, arguments): sized so that the whole run takes minutes on 2 busy cores.
 BENCHMARKS = [
-    ("explain", ["--batches", "1", "64", "--repeats", "7"]),
+    # The cpu-mode classifiers (random weights): the CNN at 144 px, the ViT at 64 px with 16 tokens.
+    ("explain", ["--model", "tf_efficientnet_lite0", "--size", "144", "--batches", "1", "64", "--repeats", "7"]),
+    ("explain", ["--model", "vit_tiny_patch16_224", "--size", "64", "--batches", "1", "64", "--repeats", "7"]),
+    # The first decoder design against the current default (benchmarks/decoder.py measures them all).
+    ("decoder", ["--repeats", "5", "--variants", "transposed:1:256,128,64,32,16", "bilinear:4:128,64,32,16,8"]),
     ("train", ["--batch", "16", "--repeats", "3"]),
     ("curves", ["--images", "8", "--steps", "32", "--repeats", "3"]),
     ("baselines", ["--images", "2", "--masks", "500", "--repeats", "3", "--skip-per-image"]),

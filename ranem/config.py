@@ -107,7 +107,7 @@ _SETTINGS = {
         image_size=144, imagenette_train=0, imagenette_val=0,
         cnn="tf_efficientnet_lite0", vit="vit_tiny_patch16_224", vit_kwargs={"img_size": 64, "patch_size": 16},
         pretrained=("cnn",), vit_image_size=64, classifier_epochs=6, classifier_batch=64,
-        nem_train=2000, nem_epochs=6, nem_samples=4, nem_batch=16,
+        nem_train=1000, nem_epochs=3, nem_samples=4, nem_batch=16,
         n_eval=100, curve_steps=32,
         rise_masks=300, ig_steps=16, mask_iterations=40, sensitivity_samples=2, n_robust=20, iba_draws=4,
         # Tokens: the classifier trains in about half a minute, each NEM in a few on 2 cores.

@@ -24,7 +24,14 @@ from ranem.cache import CacheError, atomic_write, classifier_fingerprint, conten
 
 __all__ = ["FrozenEncoder", "Decoder", "BaseNEM", "NEM", "RaNEM", "RaNEMInsDel", "NEMt", "KINDS",
            "classifier_fingerprint", "substrate_batch", "masked_copies", "class_probability"]
-FORMAT = "ranem-nem/1"
+FORMAT = "ranem-nem/2"
+# Files of format 1 predate the decoder's options: their decoders upsample with transposed convs
+# to full resolution, which is what these values rebuild.
+_FORMAT_1_DECODER = {"upsample": "transposed", "output_stride": 1}
+MAX_OUTPUT_STRIDE = 32
+# The decoder design chosen by benchmarks/decoder.py (explanation cost) and chapter 8's protocol
+# (faithfulness): see NEM's docstring.
+DEFAULT_UPSAMPLE, DEFAULT_OUTPUT_STRIDE, DEFAULT_DECODER_CHANNELS = "bilinear", 4, (128, 64, 32, 16, 8)
 MAX_DECODER_WIDTH = 2048  # 8x the default's widest block: anything larger is a typo or a crafted file
 
 
@@ -127,21 +134,43 @@ def _sep_conv(cin: int, cout: int) -> nn.Sequential:
                          nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
 
 
-def _sep_up(cin: int, cout: int) -> nn.Sequential:
-    """x2 upsampling: depthwise transposed conv, then a pointwise projection to ``cout`` (BN + SiLU).
-    Projecting while upsampling (rather than after) keeps the decoder cheap next to the classifier."""
+UPSAMPLING = ("bilinear", "transposed")
+
+
+def _project(cin: int, cout: int) -> nn.Sequential:
+    """Pointwise 1x1 projection to ``cout`` channels, BN + SiLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class _BilinearUp(nn.Module):
+    """x2 upsampling: project to ``cout`` at the low resolution (4x fewer pixels to convolve), then
+    bilinear interpolation. Unlike a stride-2 transposed conv it cannot leave a checkerboard."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.project = _project(cin, cout)
+
+    def forward(self, x):
+        return F.interpolate(self.project(x), scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def _transposed_up(cin: int, cout: int) -> nn.Sequential:
+    """x2 upsampling: depthwise 4x4 stride-2 transposed conv, then a 1x1 projection (BN + SiLU).
+    The first decoder design; kept for checkpoints that use it and for the decoder benchmark."""
     return nn.Sequential(nn.ConvTranspose2d(cin, cin, 4, stride=2, padding=1, groups=cin, bias=False),
-                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+                         _project(cin, cout))
 
 
 class DecoderBlock(nn.Module):
-    """Upsample (or project) the deeper map, concatenate the skip, two separable 3x3 convs with
-    spatial dropout between them."""
+    """Upsample x2 (``upsample`` = "bilinear" or "transposed") or only project the deeper map (None),
+    concatenate the skip, two separable 3x3 convs with spatial dropout between them."""
 
-    def __init__(self, cin: int, cskip: int, cout: int, upsample: bool, dropout: float):
+    def __init__(self, cin: int, cskip: int, cout: int, upsample: str | None, dropout: float):
         super().__init__()
-        self.up = _sep_up(cin, cout) if upsample else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+        if upsample is None:
+            self.up = _project(cin, cout)
+        else:
+            self.up = _BilinearUp(cin, cout) if upsample == "bilinear" else _transposed_up(cin, cout)
         self.conv1, self.conv2 = _sep_conv(cout + cskip, cout), _sep_conv(cout, cout)
         self.drop = nn.Dropout2d(dropout)
 
@@ -154,27 +183,39 @@ class DecoderBlock(nn.Module):
         return self.conv2(self.drop(self.conv1(x)))
 
 
+def _widths(decoder_channels, n: int, output_stride: int) -> list[int]:
+    """Block widths by output stride: ``decoder_channels[-1]`` is the width at stride 1, the entry
+    before it at stride 2, and so on; a decoder stopping at ``output_stride`` 2**m drops the last m.
+    Missing entries at the deep end repeat the widest."""
+    dc = list(decoder_channels)[:len(decoder_channels) - int(math.log2(output_stride))] or [decoder_channels[0]]
+    return dc[-n:] if n <= len(dc) else [dc[0]] * (n - len(dc)) + dc
+
+
 class Decoder(nn.Module):
     """U-Net decoder over any list of feature maps (deepest first).
 
     The maps at the deepest stride are concatenated into the head (one map for a CNN, several
-    blocks' token grids for a ViT); every other map is a skip, fused in order. One block per x2
-    step from the head's stride down to 1 (plus blocks without upsampling if there are more skips
-    than steps); block widths are the last entries of ``decoder_channels`` (width follows output
-    stride: 16 channels at full resolution). Then bilinear resize to the input, a 1x1 conv to one
-    channel and a learnable affine 'patching' layer. Output: (B, H, W) logits."""
+    blocks' token grids for a ViT); every other map at a stride >= ``output_stride`` is a skip,
+    fused in order. One block per x2 step from the head's stride down to ``output_stride`` (plus
+    blocks without upsampling if there are more skips than steps); block widths follow the output
+    stride (``_widths``). Then a 1x1 conv to one channel and a learnable affine 'patching' layer,
+    and the one-channel logits are resized bilinearly to the input (a linear map commutes with the
+    interpolation, so this is the same function as resizing the features first, at 1/C the cost).
+    Output: (B, H, W) logits."""
 
-    def __init__(self, channels, strides, decoder_channels=(256, 128, 64, 32, 16), dropout=0.2):
+    def __init__(self, channels, strides, decoder_channels=DEFAULT_DECODER_CHANNELS, dropout=0.2,
+                 upsample: str = DEFAULT_UPSAMPLE, output_stride: int = DEFAULT_OUTPUT_STRIDE):
         super().__init__()
         self.n_head = sum(1 for s in strides if abs(s - strides[0]) < 1e-6)
-        skips = list(channels[self.n_head:])
-        ups = max(1, math.ceil(math.log2(max(strides[0], 1)) - 1e-9))
-        n = max(ups, len(skips))
-        dc = list(decoder_channels)
-        outs = dc[-n:] if n <= len(dc) else [dc[0]] * (n - len(dc)) + dc
+        # Skips come deepest first: the ones at a stride >= output_stride are the first n_skips.
+        skips = [c for c, s in zip(channels[self.n_head:], strides[self.n_head:]) if s >= output_stride - 1e-6]
+        self.n_skips = len(skips)
+        ups = max(0, math.ceil(math.log2(max(strides[0] / output_stride, 1)) - 1e-9))
+        n = max(ups, len(skips), 1)
+        outs = _widths(decoder_channels, n, output_stride)
         cins = [sum(channels[:self.n_head])] + outs[:-1]
         skips += [0] * (n - len(skips))
-        self.blocks = nn.ModuleList(DecoderBlock(ci, cs, co, i < ups, dropout)
+        self.blocks = nn.ModuleList(DecoderBlock(ci, cs, co, upsample if i < ups else None, dropout)
                                     for i, (ci, cs, co) in enumerate(zip(cins, skips, outs)))
         self.head = nn.Conv2d(outs[-1], 1, 1)
         self.patch = nn.Conv2d(1, 1, 1)
@@ -184,23 +225,36 @@ class Decoder(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], size) -> torch.Tensor:
         x = torch.cat(feats[:self.n_head], 1) if self.n_head > 1 else feats[0]
-        skips = feats[self.n_head:]
+        skips = feats[self.n_head:self.n_head + self.n_skips]
         for i, block in enumerate(self.blocks):
             x = block(x, skips[i] if i < len(skips) else None)
+        x = self.patch(self.head(x))
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-        return self.patch(self.head(x)).squeeze(1)
+        return x.squeeze(1)
 
 
 # ----------------------------------------------------------------------------- NEMs
 @contextlib.contextmanager
 def _eval(module: nn.Module):
-    was = module.training
-    module.eval()
+    """``module`` and every submodule in eval mode inside the block, restored after. Sets the flags
+    directly: ``module.eval()`` and back walks the tree through every ``train`` override twice
+    (about 3 ms for a Lite0 NEM's 330 modules, a sixth of its batch-1 forward)."""
+    training = [m for m in module.modules() if m.training]
+    for m in training:
+        m.training = False
     try:
         yield
     finally:
-        module.train(was)
+        for m in training:
+            m.training = True
+
+
+def _check_output_stride(value) -> int:
+    stride = _checks.integer(value, "output_stride")
+    if stride > MAX_OUTPUT_STRIDE or stride & (stride - 1):
+        raise ValueError(f"output_stride must be a power of two in [1, {MAX_OUTPUT_STRIDE}], got {value!r}")
+    return stride
 
 
 def _check_decoder_channels(widths) -> tuple[int, ...]:
@@ -330,23 +384,26 @@ class NEM(BaseNEM):
     channels_last = True
     default_substrates: tuple[str, ...] = ("zeros", "blur", "noise")
 
-    def __init__(self, classifier: nn.Module, *, layers=None, decoder_channels=(256, 128, 64, 32, 16),
-                 dropout: float = 0.2, substrates=None):
+    def __init__(self, classifier: nn.Module, *, layers=None, decoder_channels=DEFAULT_DECODER_CHANNELS,
+                 dropout: float = 0.2, substrates=None, upsample: str = DEFAULT_UPSAMPLE, output_stride: int = DEFAULT_OUTPUT_STRIDE):
         super().__init__()
         substrates = _checks.names(substrates or self.default_substrates, "substrates", ops.SUBSTRATES)
         _checks.number(dropout, "dropout", low=0, high=1, high_open=True)
         decoder_channels = _check_decoder_channels(decoder_channels)
+        _checks.one_of(upsample, "upsample", UPSAMPLING)
+        output_stride = _check_output_stride(output_stride)
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
             raise TypeError(f"layers must be None or a list of module names (str), got {layers!r}")
         self.encoder = FrozenEncoder(classifier, layers)
-        self.decoder = Decoder(self.encoder.channels, self.encoder.strides, tuple(decoder_channels), dropout)
+        self.decoder = Decoder(self.encoder.channels, self.encoder.strides, tuple(decoder_channels), dropout,
+                               upsample, output_stride)
         p = next(classifier.parameters(), None)
         if p is not None:
             self.decoder.to(p.device)
         self.mean, self.std = model_statistics(classifier)  # the rule every explainer's uint8 input follows
         self.substrates = substrates
         self.config = {"layers": layers, "decoder_channels": list(decoder_channels), "dropout": dropout,
-                       "substrates": list(substrates)}
+                       "substrates": list(substrates), "upsample": upsample, "output_stride": output_stride}
         self.history: dict = {}
 
     def check_input(self, x) -> None:
@@ -433,7 +490,7 @@ def _read_nem_file(path: Path) -> tuple[dict, dict]:
         meta = json.loads(header.get("ranem", "{}"))
     except json.JSONDecodeError as err:
         raise CacheError(f"{path} has an unreadable ranem header ({err}); {rebuild}") from err
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, "ranem-nem/1"):
         found = meta.get("format") if isinstance(meta, dict) else None
         raise ValueError(f"{path} is not a ranem NEM checkpoint (format {found!r})")
     digest = meta.pop("sha256", None)  # absent in files saved before digests were recorded
@@ -443,6 +500,8 @@ def _read_nem_file(path: Path) -> tuple[dict, dict]:
     if not isinstance(meta.get("kind"), str) or not isinstance(meta.get("config"), dict):
         raise CacheError(f"{path} names NEM kind {meta.get('kind')!r} with config {meta.get('config')!r}; "
                          f"known kinds are {sorted(KINDS)}")
+    if meta["format"] == "ranem-nem/1" and meta["kind"] in KINDS:
+        meta["config"] = {**_FORMAT_1_DECODER, **meta["config"]}
     return meta, tensors
 
 

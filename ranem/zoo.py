@@ -46,7 +46,7 @@ __all__ = ["CACHE_VERSION", "NEM_CACHE_VERSION", "CLASSIFIER_KINDS", "DATASETS",
 # Bump when the training recipe or the data pipeline changes: every cached classifier is retrained.
 CACHE_VERSION = 1
 # Bump when the NEM training changes: every cached NEM is retrained.
-NEM_CACHE_VERSION = 1
+NEM_CACHE_VERSION = 2  # 2: the decoder's design (upsampling, output stride, widths) is part of the spec
 CLASSIFIER_KINDS = ("cnn", "vit")
 DATASETS = ("imagenette", "synthetic")
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED = 0, 1
@@ -254,7 +254,7 @@ def nem_spec(kind: str = "ranem", classifier_key: str = "", dataset: str = "imag
             "batch_size": s.nem_batch, "curve_steps": min(16, s.curve_steps), "substrate_mode": "input",
             # Prodigy grows its step size from d0 over a few dozen steps; the paper's 3,000 steps
             # afford its default 1e-6, the CPU modes' hundred or so steps start higher.
-            "d0": 1e-6 if s.mode == "gpu" else 1e-4, "seed": 0}
+            "d0": 1e-6 if s.mode == "gpu" else 1e-4, "seed": 0, **_decoder_defaults()}
     if kind == "nemt":
         spec["area_weight"] = 0.02
     unknown = set(options) - set(spec)
@@ -262,6 +262,13 @@ def nem_spec(kind: str = "ranem", classifier_key: str = "", dataset: str = "imag
         raise ValueError(f"unknown NEM options {sorted(unknown)}; expected some of {sorted(spec)}")
     spec.update(options)
     return spec
+
+
+def _decoder_defaults() -> dict:
+    """The decoder design a NEM is built with unless a spec says otherwise (``ranem.nem``'s defaults)."""
+    from ranem import nem
+    return {"upsample": nem.DEFAULT_UPSAMPLE, "output_stride": nem.DEFAULT_OUTPUT_STRIDE,
+            "decoder_channels": list(nem.DEFAULT_DECODER_CHANNELS)}
 
 
 def nem_key(classifier_key: str, kind: str, spec: dict) -> str:
@@ -320,7 +327,8 @@ def _train_nem(spec: dict, clf, folder: Path, progress: bool) -> None:
     x_train, x_val, x_snap = _nem_data(spec, clf)
     config.seed_everything(spec["seed"])
     extra = {"area_weight": spec["area_weight"]} if "area_weight" in spec else {}
-    nem = _nem_classes()[spec["kind"]](clf, **extra)
+    decoder = {name: spec[name] for name in _decoder_defaults()}
+    nem = _nem_classes()[spec["kind"]](clf, **decoder, **extra)
     t0 = time.perf_counter()
     nem.fit(x_train, epochs=spec["epochs"], samples=spec["samples"], batch_size=spec["batch_size"],
             val_data=x_val if len(x_val) else None, snapshot=x_snap if len(x_snap) else None,

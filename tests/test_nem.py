@@ -263,3 +263,80 @@ def test_load_refuses_another_classifier(tmp_path, resnet):
     assert isinstance(RaNEM.load(path, copied), RaNEM)  # same weights, another object: accepted
     with pytest.raises(FileNotFoundError):
         RaNEM.load(tmp_path / "missing.safetensors", resnet)
+
+
+# ----------------------------------------------------------------------------- the decoder's design
+@pytest.mark.parametrize("upsample", ["bilinear", "transposed"])
+@pytest.mark.parametrize("output_stride", [1, 2, 4, 8, 32])
+def test_every_decoder_design_gives_one_logit_per_input_pixel(resnet, upsample, output_stride):
+    nem = RaNEM(resnet, upsample=upsample, output_stride=output_stride)
+    x = torch.randn(2, 3, 40, 56)
+    assert nem.explain(x).shape == (2, 40, 56)
+    assert nem.config["upsample"] == upsample and nem.config["output_stride"] == output_stride
+
+
+def test_output_stride_drops_the_fine_blocks_and_their_skips(resnet):
+    full, coarse = RaNEM(resnet, output_stride=1), RaNEM(resnet, output_stride=4)
+    # resnet10t: head at stride 32, skips at 16, 8, 4, 2: stride 4 keeps three blocks and skips.
+    assert len(full.decoder.blocks) == 5 and len(coarse.decoder.blocks) == 3
+    _, feats = coarse.encoder(torch.randn(1, 3, 64, 64))
+    grid = coarse.decoder.patch(coarse.decoder.head(_run_blocks(coarse.decoder, feats)))
+    assert grid.shape[-2:] == (16, 16)  # 64 px / 4
+
+
+def _run_blocks(decoder, feats):
+    x, skips = feats[0], feats[decoder.n_head:decoder.n_head + decoder.n_skips]
+    for i, block in enumerate(decoder.blocks):
+        x = block(x, skips[i] if i < len(skips) else None)
+    return x
+
+
+def test_logits_are_resized_after_the_head_which_equals_resizing_the_features(resnet):
+    # The head (1x1 conv) and the patch layer are affine per pixel and bilinear weights sum to 1, so
+    # they commute with the resize: the cheap order (one channel) gives the costly order's map.
+    nem = RaNEM(resnet, output_stride=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _, feats = nem.encoder(x)
+        features = F.interpolate(_run_blocks(nem.decoder, feats), size=(64, 64), mode="bilinear", align_corners=False)
+        expected = nem.decoder.patch(nem.decoder.head(features)).squeeze(1)
+    torch.testing.assert_close(nem.explain(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bilinear_upsampling_leaves_no_checkerboard_where_transposed_convs_do():
+    # A constant map stays constant through 1x1 convs, BN and bilinear upsampling; a stride-2
+    # transposed conv alternates two sums of its kernel, a period-2 pattern (the checkerboard).
+    from ranem.nem import DecoderBlock
+    torch.manual_seed(0)
+    x = torch.ones(1, 8, 8, 8)
+    for upsample, constant in (("bilinear", True), ("transposed", False)):
+        up = DecoderBlock(8, 0, 4, upsample, 0.0).eval().up
+        with torch.no_grad():
+            inner = up(x)[..., 2:-2, 2:-2]  # away from the zero-padded border
+        spread = (inner - inner.mean((-2, -1), keepdim=True)).abs().max().item()
+        assert (spread < 1e-5) == constant, (upsample, spread)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"upsample": "nearest"}, "upsample"), ({"output_stride": 3}, "power of two"),
+    ({"output_stride": 64}, "power of two"), ({"output_stride": 0}, "output_stride"),
+    ({"output_stride": 2.0}, "output_stride")])
+def test_bad_decoder_designs_are_refused(resnet, options, match):
+    with pytest.raises(ValueError, match=match):
+        RaNEM(resnet, **options)
+
+
+def test_format_1_files_load_with_the_decoder_they_were_trained_with(tmp_path, resnet, monkeypatch):
+    # Files saved before the decoder had options hold transposed convs up to full resolution and
+    # configs without the new keys: loading must rebuild that decoder, not today's default.
+    from ranem import nem as nem_module
+    old = RaNEM(resnet, upsample="transposed", output_stride=1, decoder_channels=(256, 128, 64, 32, 16))
+    for key in ("upsample", "output_stride"):
+        del old.config[key]
+    monkeypatch.setattr(nem_module, "FORMAT", "ranem-nem/1")
+    path = old.save(tmp_path / "old.safetensors")
+    monkeypatch.undo()
+    back = NEM.load(path, resnet)
+    assert back.config["upsample"] == "transposed" and back.config["output_stride"] == 1
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(back.explain(x), old.explain(x))
