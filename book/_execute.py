@@ -1,6 +1,11 @@
 """Execute the book's notebooks in place, in the current run mode, recording how each ran.
 
-Usage: python book/_execute.py [NOTEBOOK ...]   (default: every notebook in _toc.yml order)
+Usage: python book/_execute.py [--force] [NOTEBOOK ...]   (default: every notebook in _toc.yml order)
+
+A notebook whose stored run is up to date is not run again (``--force`` runs it anyway): same
+mode, same code cells, same ``ranem`` source, recorded as ``metadata.ranem.execution.inputs``
+(``inputs_digest``). Its outputs are then what a new run would compute from the cached artefacts,
+so a warm ``make book`` only renders.
 
 A notebook whose metadata says ``"ranem": {"requires": "gpu"}`` runs only where CUDA is
 available, and outputs stored from a ``gpu``-mode run are only replaced by another ``gpu`` run;
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import json
 import os
 import platform
 import sys
@@ -57,10 +64,33 @@ def reason_to_keep(meta: dict, mode: str, cuda: bool) -> str | None:
     return None
 
 
-def execute(path: Path, mode: str) -> float:
+def inputs_digest(nb, mode: str, package: Path = ROOT / "ranem") -> str:
+    """SHA-256 of what a notebook's outputs depend on besides the data and the cache: its code
+    cells, the run mode with its settings, and every source file of the package (whose cache keys
+    follow from it) except config.py, which holds every mode's settings: the mode's own count."""
+    from ranem import config
+    h = hashlib.sha256(json.dumps([mode, config.settings(mode).as_dict()], sort_keys=True, default=str).encode())
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            h.update(cell.source.encode() + b"\0")
+    for f in sorted(package.rglob("*.py")):
+        if f != package / "config.py":
+            h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def up_to_date(meta: dict, digest: str) -> bool:
+    """Whether the stored run was made from the same inputs (``inputs_digest``)."""
+    return (meta.get("execution") or {}).get("inputs") == digest
+
+
+def execute(path: Path, mode: str, force: bool = False) -> float:
     nb = nbformat.read(path, as_version=4)
     meta = nb.metadata.setdefault("ranem", {})
+    digest = inputs_digest(nb, mode)
     reason = reason_to_keep(meta, mode, torch.cuda.is_available())
+    if not reason and not force and up_to_date(meta, digest):
+        reason = "up to date (same mode, code cells and package source as its stored run)"
     if reason:
         print(f"skip {path.name}: {reason}; keeping its stored outputs", flush=True)
         return 0.0
@@ -78,6 +108,7 @@ def execute(path: Path, mode: str) -> float:
         "ranem": ranem.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "inputs": digest,
     }
     tmp = path.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
@@ -89,12 +120,13 @@ def execute(path: Path, mode: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--force", action="store_true", help="run notebooks whose stored run is up to date too")
     args = parser.parse_args()
     from ranem.config import get_mode
     mode = get_mode()
     os.environ["RANEM_MODE"] = mode
     paths = [p.resolve() for p in args.notebooks] or toc_notebooks()
-    total = sum(execute(p, mode) for p in paths)
+    total = sum(execute(p, mode, args.force) for p in paths)
     print(f"executed {len(paths)} notebook(s) in {total:.0f} s", flush=True)
 
 

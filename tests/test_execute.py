@@ -29,3 +29,33 @@ def test_toc_notebooks_exist_in_reading_order():
     paths = execute.toc_notebooks()
     assert paths and all(p.suffix == ".ipynb" and p.exists() for p in paths)
     assert paths[0].name == "00_getting_started.ipynb"
+
+
+def _notebook(*sources):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# prose")] + [nbformat.v4.new_code_cell(s) for s in sources]
+    return nb
+
+
+def test_inputs_digest_follows_mode_code_and_package_but_not_prose_or_outputs(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    nb = _notebook("print(1)")
+    base = execute.inputs_digest(nb, "cpu", package)
+    assert execute.inputs_digest(nb, "quick", package) != base
+    assert execute.inputs_digest(_notebook("print(2)"), "cpu", package) != base
+    nb.cells[0].source = "# other prose"
+    nb.cells[1].outputs = [{"output_type": "stream", "name": "stdout", "text": "1\n"}]
+    assert execute.inputs_digest(nb, "cpu", package) == base
+    (package / "config.py").write_text("# every mode's settings: the mode's own are hashed instead\n")
+    assert execute.inputs_digest(nb, "cpu", package) == base
+    (package / "a.py").write_text("x = 2\n")
+    assert execute.inputs_digest(nb, "cpu", package) != base
+
+
+def test_up_to_date_needs_the_recorded_digest():
+    assert execute.up_to_date({"execution": {"inputs": "abc"}}, "abc")
+    assert not execute.up_to_date({"execution": {"mode": "cpu"}}, "abc")
+    assert not execute.up_to_date({}, "abc")
