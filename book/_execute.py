@@ -17,6 +17,7 @@ interrupted run never leaves a half-written notebook.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as dt
 import hashlib
 import json
@@ -66,8 +67,8 @@ def reason_to_keep(meta: dict, mode: str, cuda: bool) -> str | None:
 
 def inputs_digest(nb, mode: str, package: Path = ROOT / "ranem") -> str:
     """SHA-256 of what a notebook's outputs depend on besides the data and the cache: its code
-    cells, the run mode with its settings, and every source file of the package (whose cache keys
-    follow from it) except config.py, which holds every mode's settings: the mode's own count."""
+    cells, the run mode with its settings, and the code of every module of the package (whose cache
+    keys follow from it) except config.py, which holds every mode's settings: the mode's own count."""
     from ranem import config
     h = hashlib.sha256(json.dumps([mode, config.settings(mode).as_dict()], sort_keys=True, default=str).encode())
     for cell in nb.cells:
@@ -75,8 +76,20 @@ def inputs_digest(nb, mode: str, package: Path = ROOT / "ranem") -> str:
             h.update(cell.source.encode() + b"\0")
     for f in sorted(package.rglob("*.py")):
         if f != package / "config.py":
-            h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
+            h.update(f.relative_to(package).as_posix().encode() + b"\0" + _code_of(f.read_text()).encode())
     return h.hexdigest()
+
+
+def _code_of(source: str) -> str:
+    """A module's code without its comments and docstrings (its AST without them): editing the
+    documentation of the package does not make the book's stored runs stale."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def up_to_date(meta: dict, digest: str) -> bool:

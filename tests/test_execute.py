@@ -51,6 +51,8 @@ def test_inputs_digest_follows_mode_code_and_package_but_not_prose_or_outputs(tm
     assert execute.inputs_digest(nb, "cpu", package) == base
     (package / "config.py").write_text("# every mode's settings: the mode's own are hashed instead\n")
     assert execute.inputs_digest(nb, "cpu", package) == base
+    (package / "a.py").write_text('"""A docstring."""\nx = 1  # and a comment\n')
+    assert execute.inputs_digest(nb, "cpu", package) == base
     (package / "a.py").write_text("x = 2\n")
     assert execute.inputs_digest(nb, "cpu", package) != base
 
