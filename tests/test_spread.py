@@ -13,7 +13,7 @@ def test_spread_equals_numpy_and_drops_nan():
     s = spread(torch.tensor(v))
     arr = np.array(v[:5])
     assert s.n == 5 and s.mean == pytest.approx(arr.mean()) and s.std == pytest.approx(arr.std(ddof=1))
-    assert s.sem == pytest.approx(arr.std(ddof=1) / math.sqrt(5)) and (s.low, s.high) == (0.581, 0.602)
+    assert s.sem == pytest.approx(arr.std(ddof=1) / math.sqrt(5)) and (s.low, s.high) == pytest.approx((0.581, 0.602))
     assert "± " in str(s)
 
 
