@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranem.metrics import compare_spread, spread
+from ranem.metrics import compare_spread, pooled, results_table, spread
 
 
 def test_spread_equals_numpy_and_drops_nan():
@@ -41,3 +41,17 @@ def test_compare_spread_is_the_difference_over_its_standard_error():
     lone = compare_spread([0.5], [0.6])
     assert math.isnan(lone.error) and not lone.exceeds
     assert compare_spread(sa, sb) == c  # summaries are accepted as they are
+
+
+def test_pooled_concatenates_per_image_values_and_averages_single_numbers():
+    runs = [{"faithfulness": torch.tensor([0.1, 0.2]), "time": 0.01},
+            {"faithfulness": np.array([0.3, 0.4, 0.5]), "time": 0.03}]
+    out = pooled(runs, ["faithfulness", "time"])
+    assert out["faithfulness"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert out["time"] == pytest.approx(0.02)
+    table = results_table({"a": out, "b": out}, reference="a")
+    assert table.mean["a", "faithfulness"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="non-empty list"):
+        pooled([], ["time"])
+    with pytest.raises(ValueError, match="one value per image"):
+        pooled([{"m": np.zeros((2, 2))}], ["m"])

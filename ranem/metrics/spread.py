@@ -7,7 +7,9 @@ of the numbers it compares:
 - ``spread(values)``: mean, sample standard deviation, standard error, extremes of a few runs
   (seeds) or of many images;
 - ``compare_spread(a, b, z=2)``: the difference of two means against the standard error of that
-  difference, and whether it exceeds ``z`` of them (two error bars of independent estimates).
+  difference, and whether it exceeds ``z`` of them (two error bars of independent estimates);
+- ``pooled(results, metrics)``: one method's results on several classifiers as one sample (the
+  paper's Table 1 pools its four models): per-image values concatenated, single numbers averaged.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Spread", "spread", "Comparison", "compare_spread"]
+__all__ = ["Spread", "spread", "Comparison", "compare_spread", "pooled"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +89,25 @@ def compare_spread(a, b, z: float = 2.0) -> Comparison:
     ratio = diff / error if error > 0 else (float("nan") if math.isnan(error) or diff == 0 else math.copysign(math.inf, diff))
     exceeds = bool(not math.isnan(ratio) and abs(ratio) > z)
     return Comparison(diff, error, ratio, float(z), exceeds)
+
+
+def pooled(results, metrics) -> dict:
+    """``{metric: values}`` of one method pooled over several runs (one per classifier):
+    ``results`` is a list of ``evaluate``-style dicts; a metric held per image (a 1-D array or
+    tensor) is concatenated over the runs, a single number (time) is averaged. The result feeds
+    ``results_table`` like one run's."""
+    results = list(results)
+    if not results or not all(isinstance(r, dict) for r in results):
+        raise ValueError("results must be a non-empty list of dicts {metric: values}")
+    out = {}
+    for metric in metrics:
+        parts = [r[metric] for r in results]
+        arrays = [np.atleast_1d(p.detach().cpu().double().numpy() if isinstance(p, torch.Tensor)
+                                else np.asarray(p, dtype=np.float64)) for p in parts]
+        if any(a.ndim != 1 for a in arrays):
+            raise ValueError(f"{metric}: expected one value per image (1-D) or a single number in every run")
+        if all(np.ndim(p) == 0 or (isinstance(p, torch.Tensor) and p.ndim == 0) for p in parts):
+            out[metric] = float(np.mean([a[0] for a in arrays]))
+        else:
+            out[metric] = np.concatenate(arrays)
+    return out
