@@ -51,7 +51,9 @@ bench: $(STAMP)
 # The offline GPU run (gpu/pack.py, gpu/device.sh): pack the wheels, the Lite2 weights and an Imagenette
 # subset into gpu-pack/ (ignored, within the device tool's 64 MiB), test the execution path here in quick
 # mode, and print the command for the GPU machine (carry gpu-pack there).
-gpu-pack: $(STAMP)
+gpu-pack: gpu-pack/MANIFEST.json
+
+gpu-pack/MANIFEST.json: gpu/pack.py $(STAMP)
 	$(BIN)/python gpu/pack.py gpu-pack
 
 gpu-run: gpu-pack
