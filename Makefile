@@ -1,5 +1,5 @@
 # Two entry points (see README): `make book` builds the book, `make test` runs every test;
-# `make bench` measures the benchmarks' ratios.
+# `make bench` measures the benchmarks' ratios; `make gpu-run` prepares the offline GPU run of chapters 10-11.
 # Both create the virtual environment first when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ ifdef RANEM_DATA
 export RANEM_DATA := $(abspath $(RANEM_DATA))
 endif
 
-.PHONY: book html test bench env clean
+.PHONY: book html test bench env clean gpu-pack gpu-run
 
 env: $(STAMP)
 
@@ -47,6 +47,18 @@ test: $(STAMP)
 BENCH_PYTHON ?= $(BIN)/python
 bench: $(STAMP)
 	$(BENCH_PYTHON) benchmarks/run_all.py
+
+# The offline GPU run (gpu/pack.py, gpu/device.sh): pack the wheels, the Lite2 weights and an Imagenette
+# subset into gpu-pack/ (ignored, within the device tool's 64 MiB), test the execution path here in quick
+# mode, and print the command for the GPU machine (carry gpu-pack there).
+gpu-pack: gpu-pack/MANIFEST.json
+
+gpu-pack/MANIFEST.json: gpu/pack.py $(STAMP)
+	$(BIN)/python gpu/pack.py gpu-pack
+
+gpu-run: gpu-pack
+	RANEM_MODE=quick PYTHON=$(abspath $(BIN)/python) RANEM_CACHE=$(abspath gpu-pack)-quick-cache bash gpu/device.sh gpu-pack
+	@echo "On the GPU machine (device tool, carry [\"gpu-pack\"]): bash gpu/device.sh gpu-pack"
 
 clean:
 	rm -rf _build

@@ -90,11 +90,11 @@ def test_an_installed_wheel_keeps_its_data_out_of_site_packages(monkeypatch, tmp
 
 
 def test_every_mode_can_run_offline():
-    """cpu mode's CNN comes from a wheel; gpu mode's hub CNN has a wheel to fall back on."""
+    """cpu and gpu modes' CNNs come from wheels; no mode's ViT needs the hub."""
     from ranem.zoo import WHEEL_ARCHITECTURES
     cpu, gpu = config.settings("cpu"), config.settings("gpu")
     assert cpu.cnn in WHEEL_ARCHITECTURES and cpu.pretrained == ("cnn",)
-    assert gpu.cnn_offline in WHEEL_ARCHITECTURES and config.image_size_for("cnn", gpu) == 224
+    assert gpu.cnn in WHEEL_ARCHITECTURES and gpu.pretrained == ("cnn",) and config.image_size_for("cnn", gpu) == 224
     assert config.image_size_for("vit", cpu) == 64 and config.image_size_for("cnn", cpu) == 144
     with pytest.raises(ValueError, match="pretrained must be a tuple"):
         config.settings("cpu", pretrained=True)

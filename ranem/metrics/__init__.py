@@ -7,3 +7,4 @@ from ranem.metrics.curves import *  # noqa: F401,F403
 from ranem.metrics.robustness import *  # noqa: F401,F403
 from ranem.metrics.stats import *  # noqa: F401,F403
 from ranem.metrics.localisation import *  # noqa: F401,F403
+from ranem.metrics.spread import *  # noqa: F401,F403
