@@ -60,7 +60,7 @@ def spread(values) -> Spread:
 @dataclass(frozen=True)
 class Comparison:
     """``difference`` = mean of b - mean of a; ``error`` = sqrt(sem_a^2 + sem_b^2), its standard
-    error for independent samples; ``ratio`` = difference / error; ``exceeds``: |ratio| > z."""
+    error for independent samples; ``ratio`` = difference / error; ``exceeds``: ``abs(ratio) > z``."""
 
     difference: float
     error: float
