@@ -8,7 +8,7 @@ validation split, insertion - deletion AUC with ``curve_steps`` steps. Prints ea
 standard error, the paired difference with its standard error and the Wilcoxon signed-rank test.
 The check passes when the new design is no worse than one standard error of the difference.
 
-  RANEM_DATA=../shared/data .venv/bin/python benchmarks/decoder_faithfulness.py   # ~15 min cold on 2 cores
+  RANEM_DATA=/path/to/datasets .venv/bin/python benchmarks/decoder_faithfulness.py   # ~15 min cold on 2 cores
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from ranem import config, data, nem as nem_module
-from ranem.metrics import faithfulness, wilcoxon
+from ranem.metrics import faithfulness, spread, wilcoxon
 from ranem.zoo import get_classifier, get_nem
 
 FIRST_DESIGN = {"upsample": "transposed", "output_stride": 1, "decoder_channels": [256, 128, 64, 32, 16]}
@@ -44,15 +44,14 @@ def main(argv=None) -> int:
     x = data.normalize(images, model.ranem_info["mean"], model.ranem_info["std"])
     first, t_first = scores(FIRST_DESIGN, s, x)
     new, t_new = scores(current_design(), s, x)
-    diff = new - first
-    se = lambda v: (v.std() / v.numel() ** 0.5).item()  # noqa: E731
+    first_s, new_s, diff_s = spread(first), spread(new), spread(new - first)
     print(f"{s.mode} mode, {model.ranem_info['name']} at {s.image_size} px, {s.n_eval} held-out images, "
           f"{s.curve_steps} curve steps; NEMs trained on {s.nem_train} images x {s.nem_epochs} epochs, S = {s.nem_samples}")
-    print(f"first design   {FIRST_DESIGN}: faithfulness {first.mean():.4f} ± {se(first):.4f}, training {t_first:.0f} s")
-    print(f"current design {current_design()}: faithfulness {new.mean():.4f} ± {se(new):.4f}, training {t_new:.0f} s")
+    print(f"first design   {FIRST_DESIGN}: faithfulness {first_s.mean:.4f} ± {first_s.sem:.4f}, training {t_first:.0f} s")
+    print(f"current design {current_design()}: faithfulness {new_s.mean:.4f} ± {new_s.sem:.4f}, training {t_new:.0f} s")
     test = wilcoxon(new.numpy(), first.numpy())
-    print(f"paired difference (current - first) {diff.mean():+.4f} ± {se(diff):.4f}; Wilcoxon p = {test.pvalue:.3g}")
-    ok = diff.mean().item() >= -se(diff)
+    print(f"paired difference (current - first) {diff_s.mean:+.4f} ± {diff_s.sem:.4f}; Wilcoxon p = {test.pvalue:.3g}")
+    ok = diff_s.mean >= -diff_s.sem
     print("within one standard error or better: " + ("yes" if ok else "NO"))
     return 0 if ok else 1
 
