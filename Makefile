@@ -28,10 +28,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[book,test,lite]'
 	touch $(STAMP)
 
+# Notebooks executed at once by `make book` (each kernel gets cores / BOOK_JOBS torch threads).
+BOOK_JOBS ?= 2
+
 # Execute the chapters this machine can run (cpu mode by default; gpu-only chapters keep
 # their stored outputs), then render them to _build/html with warnings as errors.
 book: $(STAMP)
-	RANEM_MODE=$${RANEM_MODE:-cpu} $(BIN)/python book/_execute.py
+	RANEM_MODE=$${RANEM_MODE:-cpu} $(BIN)/python book/_execute.py --jobs $(BOOK_JOBS)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 # Render only, from the stored outputs.

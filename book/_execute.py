@@ -1,6 +1,6 @@
 """Execute the book's notebooks in place, in the current run mode, recording how each ran.
 
-Usage: python book/_execute.py [--force] [NOTEBOOK ...]   (default: every notebook in _toc.yml order)
+Usage: python book/_execute.py [--force] [--jobs N] [NOTEBOOK ...]   (default: every notebook in _toc.yml order)
 
 A notebook whose stored run is up to date is not run again (``--force`` runs it anyway): same
 mode, same code cells, same ``ranem`` source, recorded as ``metadata.ranem.execution.inputs``
@@ -13,11 +13,19 @@ otherwise the stored outputs are kept untouched. Each executed notebook gets
 ``metadata.ranem.execution`` = mode, device, date, seconds and package versions, which the
 execution-status chapter tabulates. Outputs are written atomically (temp file + rename), so an
 interrupted run never leaves a half-written notebook.
+
+``--jobs N`` runs N notebooks at once, each in its own process whose kernel gets cores / N torch
+threads: the book's models are small and their batches short, so one thread per notebook does more
+work per core than two threads on one notebook. Notebooks that need the same trained artefact meet
+at its cache lock (one trains it, the other waits and loads it). The execution-status page runs
+last, once the others' records are written.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
+import subprocess
 import datetime as dt
 import hashlib
 import json
@@ -130,17 +138,48 @@ def execute(path: Path, mode: str, force: bool = False) -> float:
     return seconds
 
 
+STATUS_PAGE = "execution_status.ipynb"  # tabulates the other notebooks' records: runs after them
+
+
+def execute_in_parallel(paths: list[Path], jobs: int, force: bool) -> None:
+    """Run each notebook in its own ``_execute.py`` process, ``jobs`` at a time, in the given order;
+    the kernels split the cores between them (``OMP_NUM_THREADS``, unless already set)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    command = [sys.executable, str(Path(__file__).resolve())] + (["--force"] if force else [])
+
+    def run_one(path: Path) -> int:
+        return subprocess.run(command + [str(path)], env=env).returncode
+
+    chapters = [p for p in paths if p.name != STATUS_PAGE]
+    last = [p for p in paths if p.name == STATUS_PAGE]
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        codes = list(pool.map(run_one, chapters))
+    codes += [run_one(p) for p in last]
+    failed = [p.name for p, code in zip(chapters + last, codes) if code]
+    if failed:
+        raise SystemExit(f"these notebooks failed: {', '.join(failed)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--force", action="store_true", help="run notebooks whose stored run is up to date too")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be a positive number of notebooks, got {args.jobs}")
     from ranem.config import get_mode
     mode = get_mode()
     os.environ["RANEM_MODE"] = mode
     paths = [p.resolve() for p in args.notebooks] or toc_notebooks()
-    total = sum(execute(p, mode, args.force) for p in paths)
-    print(f"executed {len(paths)} notebook(s) in {total:.0f} s", flush=True)
+    start = time.perf_counter()
+    if args.jobs > 1 and len(paths) > 1:
+        execute_in_parallel(paths, args.jobs, args.force)
+    else:
+        for p in paths:
+            execute(p, mode, args.force)
+    print(f"executed {len(paths)} notebook(s) in {time.perf_counter() - start:.0f} s wall clock", flush=True)
 
 
 if __name__ == "__main__":

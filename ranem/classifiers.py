@@ -161,10 +161,12 @@ def train_classifier(model: nn.Module, train_images: torch.Tensor, train_labels:
                      epochs: int = 1, batch_size: int = 64, *, lr: float = RECIPE["lr"],
                      weight_decay: float = RECIPE["weight_decay"],
                      label_smoothing: float = RECIPE["label_smoothing"], crop_pad: int = RECIPE["crop_pad"],
-                     flip: bool = True, grad_clip: float | None = None, mean=None, std=None,
-                     seed: int = RECIPE["seed"], device=None, progress: bool = True) -> dict:
+                     flip: bool = True, grad_clip: float | None = None, stop_at: float | None = None,
+                     mean=None, std=None, seed: int = RECIPE["seed"], device=None, progress: bool = True) -> dict:
     """Train ``model`` in place: AdamW + one-cycle, label smoothing, flips and random translations
-    (optionally gradient-norm clipping at ``grad_clip``).
+    (optionally gradient-norm clipping at ``grad_clip``). With ``stop_at``, training ends after the
+    first epoch whose validation accuracy reaches it (the one-cycle schedule still spans ``epochs``):
+    the budget for a classifier that only has to be good enough, not as good as it can get.
 
     Images are uint8 or float in [0, 1], (N, C, H, W), kept where they are (CPU memory); each
     batch is moved, scaled, normalised with ``mean``/``std`` (default: ImageNet's) and augmented
@@ -178,6 +180,10 @@ def train_classifier(model: nn.Module, train_images: torch.Tensor, train_labels:
     if val_images is not None:
         _check_batch(val_images, val_labels)
     epochs, batch_size = _checks.integer(epochs, "epochs"), _checks.integer(batch_size, "batch_size")
+    if stop_at is not None:
+        stop_at = _checks.probability(stop_at, "stop_at")
+        if val_images is None:
+            raise ValueError("stop_at needs val_images and val_labels to measure the accuracy it stops at")
     mean = IMAGENET_MEAN if mean is None else mean
     std = IMAGENET_STD if std is None else std
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -225,6 +231,8 @@ def train_classifier(model: nn.Module, train_images: torch.Tensor, train_labels:
         history["epochs"].append(record)
         bar.write(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in record.items() if k != "epoch"))
+        if stop_at is not None and record["val_accuracy"] >= stop_at:
+            break
     bar.close()
     model.eval()
     if channels_last:

@@ -46,6 +46,9 @@ class Settings:
     cnn: str
     vit: str
     synthetic_cnn: str = "resnet10t"
+    # The synthetic classifier stops training at the first epoch that reaches this validation
+    # accuracy (the chapters need a classifier that knows the shapes, not the best one possible).
+    synthetic_stop_at: float = 0.95
     vit_kwargs: dict = field(default_factory=dict)
     pretrained: tuple = ()
     cnn_offline: str | None = None

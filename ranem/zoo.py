@@ -80,7 +80,8 @@ def classifier_spec(kind: str = "cnn", dataset: str = "imagenette", settings=Non
     if dataset == "synthetic":
         from ranem.data import SYNTHETIC_VERSION
         spec.update(image_size=s.synthetic_size, n_train=s.synthetic_train, n_val=s.synthetic_val,
-                    train_seed=SYNTHETIC_TRAIN_SEED, val_seed=SYNTHETIC_VAL_SEED, data_version=SYNTHETIC_VERSION)
+                    train_seed=SYNTHETIC_TRAIN_SEED, val_seed=SYNTHETIC_VAL_SEED, data_version=SYNTHETIC_VERSION,
+                    stop_at=s.synthetic_stop_at)
     else:
         spec.update(image_size=config.image_size_for(kind, s), n_train=s.imagenette_train, n_val=s.imagenette_val)
     if dataset == "imagenette" and weights is None and kind in s.pretrained and name in WHEEL_ARCHITECTURES:
@@ -148,11 +149,12 @@ def _train_and_save(spec: dict, key: str, folder: Path, progress: bool, device) 
     mean, std = mean_std_for(model)
     history = train_classifier(model, xt, yt, xv, yv, spec["epochs"], spec["batch_size"], lr=spec["lr"],
                                weight_decay=spec["weight_decay"], label_smoothing=spec["label_smoothing"],
-                               crop_pad=spec["crop_pad"], grad_clip=spec.get("grad_clip"), mean=mean, std=std,
+                               crop_pad=spec["crop_pad"], grad_clip=spec.get("grad_clip"), stop_at=spec.get("stop_at"),
+                               mean=mean, std=std,
                                seed=spec["seed"], device=device, progress=progress)
     info = _info(spec, key, model, classes, mean, std, list(range(len(classes))), len(yv))
     info.update(val_accuracy=history["val_accuracy"], train_seconds=history["train_seconds"],
-                history=history["epochs"])
+                history=history["epochs"], epochs=len(history["epochs"]))  # fewer than planned after stop_at
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = atomic_write(folder / f"{key}.safetensors", lambda p: safetensors.torch.save_file(state, p))
     info["weights_sha256"] = file_sha256(weights)  # checked on every load

@@ -208,6 +208,24 @@ def test_training_is_seeded_and_learns_a_trivial_task():
     assert len(history["epochs"]) == 2 and not model.training
 
 
+def test_training_stops_at_the_first_epoch_that_reaches_stop_at():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 2
+    images = (torch.rand(64, 3, 16, 16, generator=g) * 0.3 + 0.6 * labels.view(-1, 1, 1, 1)).clamp(0, 1)
+    accuracies = []
+    for stop_at in (None, 0.5):
+        torch.manual_seed(0)
+        model = create_classifier("test_resnet", num_classes=2)
+        history = classifiers.train_classifier(model, images, labels, images, labels, epochs=4, batch_size=16,
+                                               lr=5e-3, stop_at=stop_at, progress=False)
+        accuracies.append([e["val_accuracy"] for e in history["epochs"]])
+    full, stopped = accuracies
+    assert len(full) == 4
+    first = next(i for i, a in enumerate(full) if a >= 0.5)  # same seed: the same epochs until the stop
+    assert stopped == full[:first + 1]
+    assert not model.training
+
+
 def test_gradient_clipping_is_applied_every_step(monkeypatch):
     calls = []
     real = torch.nn.utils.clip_grad_norm_
@@ -230,6 +248,10 @@ def test_training_rejects_bad_arguments():
         classifiers.train_classifier(model, x, y, epochs=0)
     with pytest.raises(ValueError, match="val_images and val_labels"):
         classifiers.train_classifier(model, x, y, x)
+    with pytest.raises(ValueError, match="stop_at"):
+        classifiers.train_classifier(model, x, y, x, y, stop_at=1.5)
+    with pytest.raises(ValueError, match="stop_at needs val_images"):
+        classifiers.train_classifier(model, x, y, stop_at=0.9)
 
 
 # ---------------------------------------------------------------- the cache
