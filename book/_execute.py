@@ -23,7 +23,6 @@ last, once the others' records are written.
 from __future__ import annotations
 
 import argparse
-import ast
 import concurrent.futures
 import subprocess
 import datetime as dt
@@ -76,28 +75,16 @@ def reason_to_keep(meta: dict, mode: str, cuda: bool) -> str | None:
 def inputs_digest(nb, mode: str, package: Path = ROOT / "ranem") -> str:
     """SHA-256 of what a notebook's outputs depend on besides the data and the cache: its code
     cells, the run mode with its settings, and the code of every module of the package (whose cache
-    keys follow from it) except config.py, which holds every mode's settings: the mode's own count."""
+    keys follow from it) except config.py, which holds every mode's settings: the mode's own count.
+    Comments and docstrings do not count: editing the package's documentation keeps the runs."""
     from ranem import config
+    from ranem.cache import code_digest
     h = hashlib.sha256(json.dumps([mode, config.settings(mode).as_dict()], sort_keys=True, default=str).encode())
     for cell in nb.cells:
         if cell.cell_type == "code":
             h.update(cell.source.encode() + b"\0")
-    for f in sorted(package.rglob("*.py")):
-        if f != package / "config.py":
-            h.update(f.relative_to(package).as_posix().encode() + b"\0" + _code_of(f.read_text()).encode())
+    h.update(code_digest(package).encode())
     return h.hexdigest()
-
-
-def _code_of(source: str) -> str:
-    """A module's code without its comments and docstrings (its AST without them): editing the
-    documentation of the package does not make the book's stored runs stale."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
 
 
 def up_to_date(meta: dict, digest: str) -> bool:

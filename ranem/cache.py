@@ -17,6 +17,7 @@ and says how to rebuild it, instead of a bare parser error or silently wrong wei
 """
 from __future__ import annotations
 
+import ast
 import glob
 import hashlib
 import json
@@ -37,7 +38,7 @@ except ImportError:  # Windows: byte-range locks through msvcrt
     import msvcrt
 
 __all__ = ["atomic_write", "training_lock", "CacheError", "file_sha256", "tensors_sha256", "content_sha256", "read_json",
-           "read_safetensors", "check_sha256", "classifier_fingerprint"]
+           "read_safetensors", "check_sha256", "classifier_fingerprint", "code_digest"]
 
 log = logging.getLogger(__name__)  # "ranem.cache", a child of the package's "ranem" logger
 TMP_MAX_AGE_S = 3600  # no cached file takes an hour to write: an older temporary one is left by a kill
@@ -227,3 +228,27 @@ def check_sha256(path, expected: str | None, rebuild: str) -> None:
     if expected is not None and file_sha256(path) != expected:
         raise _broken(path, f"does not match the SHA-256 recorded when it was written ({expected[:12]}...): "
                             "it was changed or corrupted on disk", rebuild)
+
+
+def _code_of(source: str) -> str:
+    """A module's code without its comments and docstrings (its AST without them)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_digest(package=None, exclude: tuple = ("config.py",)) -> str:
+    """SHA-256 (hex) of the code of every module of ``package`` (default: ranem's own folder) but
+    ``exclude``, without comments and docstrings: it changes when what the code computes may, and
+    only then. ``config.py`` is left out by default: it holds every mode's settings, and a result
+    depends on its own mode's (which a caller hashes itself)."""
+    package = Path(package) if package is not None else Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(package.rglob("*.py")):
+        if f.relative_to(package).as_posix() not in exclude:
+            h.update(f.relative_to(package).as_posix().encode() + b"\0" + _code_of(f.read_text()).encode())
+    return h.hexdigest()
