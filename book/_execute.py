@@ -13,6 +13,11 @@ otherwise the stored outputs are kept untouched. Each executed notebook gets
 ``metadata.ranem.execution`` = mode, device, date, seconds and package versions, which the
 execution-status chapter tabulates. Outputs are written atomically (temp file + rename), so an
 interrupted run never leaves a half-written notebook.
+
+The kernels it starts inherit ``RANEM_STATIC_WIDGETS=1`` (``ranem.viz.STATIC_WIDGETS_ENV``): a
+cell that calls ``ranem.viz.widget_or_figure`` then stores the widget's static default view, a
+captioned figure, instead of a widget that would not move in the online book. A live kernel, or
+nbval, runs without it and shows the widget.
 """
 from __future__ import annotations
 
@@ -136,8 +141,11 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="run notebooks whose stored run is up to date too")
     args = parser.parse_args()
     from ranem.config import get_mode
+    from ranem.viz import STATIC_WIDGETS_ENV
     mode = get_mode()
     os.environ["RANEM_MODE"] = mode
+    # The kernels inherit this environment: they draw widgets as static figures for the book.
+    os.environ[STATIC_WIDGETS_ENV] = "1"
     paths = [p.resolve() for p in args.notebooks] or toc_notebooks()
     total = sum(execute(p, mode, args.force) for p in paths)
     print(f"executed {len(paths)} notebook(s) in {total:.0f} s", flush=True)
