@@ -19,6 +19,11 @@ threads: the book's models are small and their batches short, so one thread per 
 work per core than two threads on one notebook. Notebooks that need the same trained artefact meet
 at its cache lock (one trains it, the other waits and loads it). The execution-status page runs
 last, once the others' records are written.
+
+The kernels it starts inherit ``RANEM_STATIC_WIDGETS=1`` (``ranem.viz.STATIC_WIDGETS_ENV``): a
+cell that calls ``ranem.viz.widget_or_figure`` then stores the widget's static default view, a
+captioned figure, instead of a widget that would not move in the online book. A live kernel, or
+nbval, runs without it and shows the widget.
 """
 from __future__ import annotations
 
@@ -157,8 +162,11 @@ def main() -> None:
     if args.jobs < 1:
         parser.error(f"--jobs must be a positive number of notebooks, got {args.jobs}")
     from ranem.config import get_mode
+    from ranem.viz import STATIC_WIDGETS_ENV
     mode = get_mode()
     os.environ["RANEM_MODE"] = mode
+    # The kernels inherit this environment: they draw widgets as static figures for the book.
+    os.environ[STATIC_WIDGETS_ENV] = "1"
     paths = [p.resolve() for p in args.notebooks] or toc_notebooks()
     start = time.perf_counter()
     if args.jobs > 1 and len(paths) > 1:

@@ -3,8 +3,14 @@
 Images are given as (C, H, W) floats in [0, 1] (``ranem.data.denormalize`` output) or (H, W);
 attributions as (H, W). Functions return matplotlib figures (or draw into a given axis) so that a
 notebook can show them and a script can save them.
+
+Widgets (``mask_sampler``, ``curve_explorer``) only move in a running kernel; in the online book a
+stored widget would be a dead slider. ``widget_or_figure`` therefore shows a widget in a live kernel
+and its static default view when the book is executed for the online book.
 """
 from __future__ import annotations
+
+import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,6 +26,29 @@ def _to_numpy_image(image) -> np.ndarray:
         if t.shape[2] == 1:
             t = t[..., 0]
     return t.clamp(0, 1).numpy()
+
+
+# Set to "1" by book/_execute.py for the kernels that execute the book: widgets are then drawn as
+# their static default view (``widget_or_figure``), which the online book stores and captions.
+STATIC_WIDGETS_ENV = "RANEM_STATIC_WIDGETS"
+
+
+def widget_or_figure(make_widget, make_figure) -> None:
+    """Display ``make_widget()`` in a live kernel, or draw only ``make_figure()`` when the book is
+    executed for the online book (environment variable ``RANEM_STATIC_WIDGETS=1``, which
+    book/_execute.py sets for its kernels). Both arguments are callables without arguments, so
+    only the one needed is built; ``make_figure`` returns the figure of the widget's default view
+    (or shows its figure itself and returns None). Returns None: the call can end a cell without
+    Jupyter displaying its result a second time."""
+    from IPython.display import display
+
+    if os.environ.get(STATIC_WIDGETS_ENV) == "1":
+        fig = make_figure()
+        if fig is not None:
+            display(fig)
+            plt.close(fig)  # shown once: the inline backend does not draw it again at the cell's end
+    else:
+        display(make_widget())
 
 
 # ----------------------------------------------------------------------------- heat maps
