@@ -2,7 +2,8 @@
 
 - ``explain_time``: seconds per image at batch size 1, *including* the forward pass that gives the
   label (as the Ra-NEM authors timed), after a warm-up call; plus the batched cost per image.
-- ``compare_times``: the same, for several explainers measured round-robin (robust to a busy machine).
+- ``compare_times``: the same, for several explainers measured round-robin (robust to a busy machine),
+  at batch size 1 or per image of a larger batch.
 - ``evaluate``: every metric of the comparison (faithfulness with its curves, Average Sensitivity,
   MPRT, time) for one explainer on one model, per image.
 - ``wilcoxon``: two-sided paired Wilcoxon signed-rank test through ``scipy.stats.wilcoxon``.
@@ -50,55 +51,56 @@ def explain_time(explainer, model, x, repeats: int = 1, warmup: int = 1, batched
     _checks.integer(repeats, "repeats")
     _checks.integer(warmup, "warmup", minimum=0)
 
-    own_label = getattr(explainer, "predicts_label", False)  # NEMs: one forward gives label and map
-
-    def run(batch):
-        if own_label:
-            return explainer(model, batch, None)
-        with torch.no_grad():
-            label = model(batch).argmax(dim=1)
-        return explainer(model, batch, label)
-
     for _ in range(warmup):
-        run(x[:1])
-    _sync(x.device)
-    times = []
-    for i in range(x.shape[0]):
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(x[i:i + 1])
-            _sync(x.device)
-            times.append(time.perf_counter() - start)
+        _timed_call(explainer, model, x[:1])
+    times = [_timed_call(explainer, model, x[i:i + 1]) for i in range(x.shape[0]) for _ in range(repeats)]
     out = {"per_image": float(np.mean(times)), "per_image_median": float(np.median(times)), "images": x.shape[0]}
     if batched:
-        start = time.perf_counter()
-        run(x)
-        _sync(x.device)
-        seconds = time.perf_counter() - start
+        seconds = _timed_call(explainer, model, x)
         out.update(batched_per_image=seconds / x.shape[0], images_per_second=x.shape[0] / seconds)
     return out
 
 
-def compare_times(explainers: dict, model, x, rounds: int = 3, warmup: int = 1) -> dict:
-    """Median seconds per image at batch size 1 (label forward included, as ``explain_time``) of
-    several explainers, measured round-robin: every round times each explainer once on each image
-    of ``x`` in turn, so a busy machine slows all of them alike instead of whichever ran during a
-    burst. Returns ``{name: median seconds}``."""
+def _timed_call(explainer, model, batch) -> float:
+    """Seconds of one explanation of ``batch``, the forward that gives the label included (a NEM,
+    ``predicts_label = True``, gets it from its own forward and is called without one)."""
+    start = time.perf_counter()
+    if getattr(explainer, "predicts_label", False):
+        explainer(model, batch, None)
+    else:
+        with torch.no_grad():
+            label = model(batch).argmax(dim=1)
+        explainer(model, batch, label)
+    _sync(batch.device)
+    return time.perf_counter() - start
+
+
+def compare_times(explainers: dict, model, x, rounds: int = 3, warmup: int = 1, batch: int = 1) -> dict:
+    """Median seconds per image (label forward included, as ``explain_time``) of several
+    explainers, measured round-robin: every round times each explainer once on each batch of
+    ``batch`` consecutive images of ``x`` in turn, so a busy machine slows all of them alike
+    instead of whichever ran during a burst. ``batch=1`` (the default) is the cost at batch size 1
+    that the comparison reports; a larger ``batch`` gives the cost per image when ``batch`` images
+    are explained in one call (x must hold at least that many; images after the last whole batch
+    are not timed). Returns ``{name: median seconds per image}``."""
     from ranem.baselines._common import model_input
     if not isinstance(explainers, dict) or not explainers or not all(callable(f) for f in explainers.values()):
         raise TypeError("explainers must be a non-empty dict {name: f(model, x, target=None)}")
     x = model_input(model, x)
     _checks.integer(rounds, "rounds")
     _checks.integer(warmup, "warmup", minimum=0)
+    batch = _checks.integer(batch, "batch")
+    if batch > x.shape[0]:
+        raise ValueError(f"batch must be at most the number of images in x ({x.shape[0]}), got {batch}")
+    batches = [x[i:i + batch] for i in range(0, x.shape[0] - batch + 1, batch)]
     times = {name: [] for name in explainers}
     for _ in range(warmup):  # untimed calls: first-call costs (allocations, lazy loading) stay out
         for fn in explainers.values():
-            explain_time(fn, model, x[:1], repeats=1, warmup=0, batched=False)
+            _timed_call(fn, model, batches[0])
     for _ in range(rounds):
-        for i in range(x.shape[0]):
+        for part in batches:
             for name, fn in explainers.items():
-                one = explain_time(fn, model, x[i:i + 1], repeats=1, warmup=0, batched=False)
-                times[name].append(one["per_image"])
+                times[name].append(_timed_call(fn, model, part) / part.shape[0])
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
