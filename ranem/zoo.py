@@ -13,9 +13,7 @@ in any chapter or process loads it from ``config.cache_dir()``:
 - ``classifiers/<key>.safetensors`` + ``<key>.json`` (a pretrained model only has the JSON note,
   which caches its measured accuracy);
 - ``nems/<classifier key>-<kind>-<digest>/nem.safetensors`` (+ a checkpoint while training);
-- ``evaluations/<classifier key>-<method>-<digest>.safetensors``: every metric of one explainer on
-  one classifier's images (``get_evaluation``), so chapters that score the same method on the same
-  images compute it once. Its digest also covers the package's code: any change recomputes it.
+- ``evaluations/``: the metrics of one explainer on one classifier's images (``ranem.evaluations``).
 
 The keys are the names of hours of training on disk: a change to a spec's fields or to how it is
 hashed retrains everything, so it bumps ``CACHE_VERSION`` / ``NEM_CACHE_VERSION`` on purpose
@@ -39,13 +37,12 @@ import torch
 import torch.nn as nn
 
 from ranem import _checks, config
-from ranem.cache import (CacheError, atomic_write, check_sha256, code_digest, file_sha256, read_json, read_safetensors,
-                         tensors_sha256, training_lock)
+from ranem.cache import atomic_write, check_sha256, file_sha256, read_json, read_safetensors, training_lock
 from ranem.classifiers import RECIPE, accuracy, create_classifier, train_classifier
 from ranem.pretrained import WHEELS, pretrained_classifier
 
 __all__ = ["CACHE_VERSION", "NEM_CACHE_VERSION", "CLASSIFIER_KINDS", "DATASETS", "RECIPES", "WHEEL_ARCHITECTURES",
-           "classifier_spec", "cache_key", "get_classifier", "nem_spec", "nem_key", "get_nem", "get_evaluation"]
+           "classifier_spec", "cache_key", "get_classifier", "nem_spec", "nem_key", "get_nem"]
 
 # Bump when the training recipe or the data pipeline changes: every cached classifier is retrained.
 CACHE_VERSION = 1
@@ -348,53 +345,3 @@ def _train_nem(spec: dict, clf, folder: Path, progress: bool) -> None:
     nem.save(folder / "nem.safetensors")
     (folder / "checkpoint.safetensors").unlink(missing_ok=True)
 
-
-# --------------------------------------------------------------------------------------------
-# Evaluations: every metric of one explainer on one classifier's images, computed once
-# --------------------------------------------------------------------------------------------
-def get_evaluation(method: str, model, x, settings=None, **options) -> dict:
-    """``ranem.metrics.evaluate(get_explainer(method, settings=settings), model, x, **options)``,
-    cached under ``config.cache_dir()/evaluations``: loaded when the same method (with the cost
-    options of ``settings``), the same classifier (its cache key), the same images (their bytes), the
-    same options and the same package code were evaluated before. The result also holds
-    ``seconds``, the wall-clock time the evaluation took when it was computed. Batch-1 timing
-    (``time_images``) is a measurement of this machine now, so it is refused: time separately."""
-    from ranem.baselines import canonical_name, get_explainer
-    from ranem.metrics import evaluate
-    if options.get("time_images"):
-        raise ValueError("get_evaluation caches results, not timings: drop time_images and time with "
-                         "ranem.metrics.explain_time or compare_times")
-    info = getattr(model, "ranem_info", None) or {}
-    if "key" not in info:
-        raise ValueError("model must be one of the book's classifiers (from get_classifier, which records its "
-                         "cache key); evaluate another model with ranem.metrics.evaluate")
-    s = settings if settings is not None else config.settings()
-    name = canonical_name(method)
-    options_id = {k: tensors_sha256({k: v}) if isinstance(v, torch.Tensor) else v for k, v in options.items()}
-    spec = {"method": name, "classifier": info["key"], "images": tensors_sha256({"x": x}),
-            "settings": s.as_dict(), "options": options_id, "code": code_digest()}
-    path = config.cache_dir() / "evaluations" / f"{info['key']}-{name}-{_digest(spec, default=str)}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.is_file():
-        with training_lock(path.with_suffix(".lock")):
-            if not path.is_file():
-                start = time.perf_counter()
-                result = evaluate(get_explainer(name, settings=s), model, x, **options)
-                result["seconds"] = time.perf_counter() - start
-                _save_evaluation(path, result)
-    return _load_evaluation(path, x.device)
-
-
-def _save_evaluation(path: Path, result: dict) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in result.items() if isinstance(v, torch.Tensor)}
-    numbers = {k: float(v) for k, v in result.items() if not isinstance(v, torch.Tensor)}
-    meta = {"numbers": json.dumps(numbers), "sha256": tensors_sha256(tensors)}
-    atomic_write(path, lambda p: safetensors.torch.save_file(tensors, p, metadata=meta))
-
-
-def _load_evaluation(path: Path, device) -> dict:
-    rebuild = f"delete {path} to compute it again"
-    tensors, meta = read_safetensors(path, rebuild)
-    if tensors_sha256(tensors) != meta.get("sha256"):
-        raise CacheError(f"{path} does not match the SHA-256 recorded when it was written; {rebuild}")
-    return {**{k: v.to(device) for k, v in tensors.items()}, **json.loads(meta["numbers"])}

@@ -1,9 +1,9 @@
-"""ranem.zoo.get_evaluation: ranem.metrics.evaluate computed once per method, classifier, images,
+"""ranem.evaluations.get_evaluation: ranem.metrics.evaluate computed once per method, classifier, images,
 options and package code, then loaded."""
 import pytest
 import torch
 
-from ranem import config, metrics, zoo
+from ranem import config, evaluations, metrics
 from ranem.cache import CacheError
 
 
@@ -33,8 +33,8 @@ def calls(monkeypatch):
 def test_the_second_call_loads_what_the_first_computed(model, calls):
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     settings = config.settings("quick")
-    first = zoo.get_evaluation("saliency", model, x, settings, steps=4, robust=2, sensitivity_samples=2)
-    again = zoo.get_evaluation("Saliency", model, x, settings, steps=4, robust=2, sensitivity_samples=2)
+    first = evaluations.get_evaluation("saliency", model, x, settings, steps=4, robust=2, sensitivity_samples=2)
+    again = evaluations.get_evaluation("Saliency", model, x, settings, steps=4, robust=2, sensitivity_samples=2)
     assert len(calls) == 1
     assert set(first) == set(again) and first["seconds"] > 0 and again["seconds"] == first["seconds"]
     for key in ("attribution", "faithfulness", "insertion", "deletion", "sensitivity", "randomisation"):
@@ -46,8 +46,8 @@ def test_the_cached_result_is_what_evaluate_returns(model, calls):
     from ranem.baselines import get_explainer
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     settings = config.settings("quick")
-    cached = zoo.get_evaluation("saliency", model, x, settings, steps=4)
-    cached = zoo.get_evaluation("saliency", model, x, settings, steps=4)
+    cached = evaluations.get_evaluation("saliency", model, x, settings, steps=4)
+    cached = evaluations.get_evaluation("saliency", model, x, settings, steps=4)
     direct = metrics.evaluate(get_explainer("saliency", settings=settings), model, x, steps=4)
     for key in ("attribution", "faithfulness", "insertion", "deletion"):
         torch.testing.assert_close(cached[key], direct[key])
@@ -58,7 +58,7 @@ def test_the_cached_result_is_what_evaluate_returns(model, calls):
 def test_any_change_of_what_decides_the_result_recomputes(model, calls, change):
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     settings = config.settings("quick")
-    zoo.get_evaluation("saliency", model, x, settings, steps=4)
+    evaluations.get_evaluation("saliency", model, x, settings, steps=4)
     args = {"method": "saliency", "x": x, "settings": settings, "steps": 4}
     if change == "images":
         args["x"] = x.flip(-1)
@@ -70,33 +70,33 @@ def test_any_change_of_what_decides_the_result_recomputes(model, calls, change):
         args["method"] = "gradient_shap"
     else:
         model.ranem_info = {"key": "test-net-another"}
-    zoo.get_evaluation(args.pop("method"), model, args.pop("x"), args.pop("settings"), **args)
+    evaluations.get_evaluation(args.pop("method"), model, args.pop("x"), args.pop("settings"), **args)
     assert len(calls) == 2
 
 
 def test_the_package_code_is_part_of_the_key(model, calls, monkeypatch):
     x = torch.rand(2, 3, 16, 16)
-    zoo.get_evaluation("saliency", model, x, config.settings("quick"), steps=4)
-    monkeypatch.setattr(zoo, "code_digest", lambda: "edited")
-    zoo.get_evaluation("saliency", model, x, config.settings("quick"), steps=4)
+    evaluations.get_evaluation("saliency", model, x, config.settings("quick"), steps=4)
+    monkeypatch.setattr(evaluations, "code_digest", lambda: "edited")
+    evaluations.get_evaluation("saliency", model, x, config.settings("quick"), steps=4)
     assert len(calls) == 2
 
 
 def test_bad_requests_are_refused(model):
     x = torch.rand(2, 3, 16, 16)
     with pytest.raises(ValueError, match="time_images"):
-        zoo.get_evaluation("saliency", model, x, config.settings("quick"), time_images=1)
+        evaluations.get_evaluation("saliency", model, x, config.settings("quick"), time_images=1)
     del model.ranem_info
     with pytest.raises(ValueError, match="get_classifier"):
-        zoo.get_evaluation("saliency", model, x, config.settings("quick"))
+        evaluations.get_evaluation("saliency", model, x, config.settings("quick"))
 
 
 def test_a_corrupted_entry_is_reported_not_used(model, tmp_path):
     x = torch.rand(2, 3, 16, 16)
-    zoo.get_evaluation("saliency", model, x, config.settings("quick"), steps=4)
+    evaluations.get_evaluation("saliency", model, x, config.settings("quick"), steps=4)
     (path,) = (tmp_path / "cache" / "evaluations").glob("*.safetensors")
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CacheError, match="compute it again"):
-        zoo.get_evaluation("saliency", model, x, config.settings("quick"), steps=4)
+        evaluations.get_evaluation("saliency", model, x, config.settings("quick"), steps=4)
