@@ -18,7 +18,7 @@ interrupted run never leaves a half-written notebook.
 threads: the book's models are small and their batches short, so one thread per notebook does more
 work per core than two threads on one notebook. Notebooks that need the same trained artefact meet
 at its cache lock (one trains it, the other waits and loads it). The execution-status page runs
-last, once the others' records are written.
+last, once the others' records are written, and again whenever a chapter ran.
 
 The kernels it starts inherit ``RANEM_STATIC_WIDGETS=1`` (``ranem.viz.STATIC_WIDGETS_ENV``): a
 cell that calls ``ranem.viz.widget_or_figure`` then stores the widget's static default view, a
@@ -97,16 +97,29 @@ def up_to_date(meta: dict, digest: str) -> bool:
     return (meta.get("execution") or {}).get("inputs") == digest
 
 
+def reason_to_skip(nb, mode: str, force: bool) -> str | None:
+    """Why this run leaves the notebook's stored outputs alone, or None to execute it."""
+    meta = nb.metadata.get("ranem", {})
+    reason = reason_to_keep(meta, mode, torch.cuda.is_available())
+    if not reason and not force and up_to_date(meta, inputs_digest(nb, mode)):
+        reason = "up to date (same mode, code cells and package source as its stored run)"
+    return reason
+
+
+def skipped(path: Path, mode: str, force: bool) -> bool:
+    """Whether ``path`` is left alone by this run (saying why)."""
+    reason = reason_to_skip(nbformat.read(path, as_version=4), mode, force)
+    if reason:
+        print(f"skip {path.name}: {reason}; keeping its stored outputs", flush=True)
+    return reason is not None
+
+
 def execute(path: Path, mode: str, force: bool = False) -> float:
+    if skipped(path, mode, force):
+        return 0.0
     nb = nbformat.read(path, as_version=4)
     meta = nb.metadata.setdefault("ranem", {})
     digest = inputs_digest(nb, mode)
-    reason = reason_to_keep(meta, mode, torch.cuda.is_available())
-    if not reason and not force and up_to_date(meta, digest):
-        reason = "up to date (same mode, code cells and package source as its stored run)"
-    if reason:
-        print(f"skip {path.name}: {reason}; keeping its stored outputs", flush=True)
-        return 0.0
     print(f"run  {path.name} (RANEM_MODE={mode}) ...", flush=True)
     start = time.perf_counter()
     NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
@@ -133,24 +146,25 @@ def execute(path: Path, mode: str, force: bool = False) -> float:
 STATUS_PAGE = "execution_status.ipynb"  # tabulates the other notebooks' records: runs after them
 
 
-def execute_in_parallel(paths: list[Path], jobs: int, force: bool) -> None:
-    """Run each notebook in its own ``_execute.py`` process, ``jobs`` at a time, in the given order;
-    the kernels split the cores between them (``OMP_NUM_THREADS``, unless already set)."""
+def execute_in_parallel(paths: list[Path], mode: str, jobs: int, force: bool) -> list[Path]:
+    """Run each notebook that this run does not skip in its own ``_execute.py`` process, ``jobs``
+    at a time, in the given order; the kernels split the cores between them (``OMP_NUM_THREADS``,
+    unless already set). Skipped notebooks are found here first, so a warm build starts no process
+    for them. Returns the notebooks run; raises SystemExit naming those that failed."""
+    paths = [p for p in paths if not skipped(p, mode, force)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    command = [sys.executable, str(Path(__file__).resolve())] + (["--force"] if force else [])
+    command = [sys.executable, str(Path(__file__).resolve()), "--force"]  # checked above already
 
     def run_one(path: Path) -> int:
         return subprocess.run(command + [str(path)], env=env).returncode
 
-    chapters = [p for p in paths if p.name != STATUS_PAGE]
-    last = [p for p in paths if p.name == STATUS_PAGE]
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        codes = list(pool.map(run_one, chapters))
-    codes += [run_one(p) for p in last]
-    failed = [p.name for p, code in zip(chapters + last, codes) if code]
+        codes = list(pool.map(run_one, paths))
+    failed = [p.name for p, code in zip(paths, codes) if code]
     if failed:
         raise SystemExit(f"these notebooks failed: {', '.join(failed)}")
+    return paths
 
 
 def main() -> None:
@@ -168,12 +182,14 @@ def main() -> None:
     # The kernels inherit this environment: they draw widgets as static figures for the book.
     os.environ[STATIC_WIDGETS_ENV] = "1"
     paths = [p.resolve() for p in args.notebooks] or toc_notebooks()
+    chapters = [p for p in paths if p.name != STATUS_PAGE]
     start = time.perf_counter()
-    if args.jobs > 1 and len(paths) > 1:
-        execute_in_parallel(paths, args.jobs, args.force)
+    if args.jobs > 1 and len(chapters) > 1:
+        ran = execute_in_parallel(chapters, mode, args.jobs, args.force)
     else:
-        for p in paths:
-            execute(p, mode, args.force)
+        ran = [p for p in chapters if execute(p, mode, args.force)]
+    for page in (p for p in paths if p.name == STATUS_PAGE):  # it tabulates the records just written
+        execute(page, mode, force=args.force or bool(ran))
     print(f"executed {len(paths)} notebook(s) in {time.perf_counter() - start:.0f} s wall clock", flush=True)
 
 

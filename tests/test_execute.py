@@ -63,36 +63,54 @@ def test_up_to_date_needs_the_recorded_digest():
     assert not execute.up_to_date({}, "abc")
 
 
-def test_parallel_execution_runs_the_status_page_last_and_reports_failures(monkeypatch, tmp_path):
+def _finished(code=0):
+    return type("Done", (), {"returncode": code})()
+
+
+def test_parallel_execution_starts_only_the_notebooks_to_run_and_reports_failures(monkeypatch, tmp_path):
     import threading
-    paths = [tmp_path / name for name in ("00_a.ipynb", "execution_status.ipynb", "01_b.ipynb", "02_c.ipynb")]
-    started, finished, lock = [], [], threading.Lock()
+    paths = [tmp_path / name for name in ("00_a.ipynb", "01_b.ipynb", "02_c.ipynb")]
+    started, lock = [], threading.Lock()
 
     def fake_run(command, env):
         with lock:
-            started.append((Path(command[-1]).name, set(finished)))
-        with lock:
-            finished.append(Path(command[-1]).name)
-        return type("Done", (), {"returncode": 1 if command[-1].endswith("01_b.ipynb") else 0})()
+            started.append(Path(command[-1]).name)
+        return _finished(1 if command[-1].endswith("01_b.ipynb") else 0)
 
     monkeypatch.setattr(execute.subprocess, "run", fake_run)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(execute, "skipped", lambda path, mode, force: path.name == "02_c.ipynb")
     with pytest.raises(SystemExit, match="failed: 01_b.ipynb$"):
-        execute.execute_in_parallel(paths, jobs=2, force=False)
-    name, done_before = started[-1]
-    assert name == "execution_status.ipynb" and done_before == {"00_a.ipynb", "01_b.ipynb", "02_c.ipynb"}
-    assert sorted(n for n, _ in started) == sorted(p.name for p in paths)
+        execute.execute_in_parallel(paths, "cpu", jobs=2, force=False)
+    assert sorted(started) == ["00_a.ipynb", "01_b.ipynb"]
+    monkeypatch.setattr(execute.subprocess, "run", lambda command, env: _finished())
+    assert execute.execute_in_parallel(paths, "cpu", jobs=2, force=False) == paths[:2]
 
 
 def test_parallel_kernels_split_the_cores(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(execute.subprocess, "run", lambda command, env: seen.append(env["OMP_NUM_THREADS"])
-                        or type("Done", (), {"returncode": 0})())
+                        or _finished())
+    monkeypatch.setattr(execute, "skipped", lambda path, mode, force: False)
     monkeypatch.setattr(execute.os, "cpu_count", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    execute.execute_in_parallel([tmp_path / "00_a.ipynb", tmp_path / "01_b.ipynb"], jobs=2, force=True)
+    execute.execute_in_parallel([tmp_path / "00_a.ipynb", tmp_path / "01_b.ipynb"], "cpu", jobs=2, force=True)
     assert seen == ["2", "2"]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the reader's choice wins
     seen.clear()
-    execute.execute_in_parallel([tmp_path / "00_a.ipynb"], jobs=2, force=True)
+    execute.execute_in_parallel([tmp_path / "00_a.ipynb"], "cpu", jobs=2, force=True)
     assert seen == ["1"]
+
+
+@pytest.mark.parametrize("chapter_ran", [True, False])
+def test_the_status_page_runs_last_and_again_whenever_a_chapter_ran(monkeypatch, tmp_path, chapter_ran):
+    calls = []
+
+    def fake_execute(path, mode, force=False):
+        calls.append((path.name, force))
+        return 1.0 if chapter_ran and path.name != execute.STATUS_PAGE else 0.0
+
+    monkeypatch.setattr(execute, "execute", fake_execute)
+    monkeypatch.setattr(execute.sys, "argv", ["_execute.py", str(tmp_path / execute.STATUS_PAGE),
+                                              str(tmp_path / "00_a.ipynb")])
+    execute.main()
+    assert calls == [("00_a.ipynb", False), (execute.STATUS_PAGE, chapter_ran)]
