@@ -47,3 +47,37 @@ def test_every_glued_number_in_the_prose_is_stored_by_a_cell(path):
     nb = json.loads(path.read_text())
     missing = references(nb) - glued(nb)
     assert not missing, f"{path.name}: prose references glue keys that no stored output holds: {sorted(missing)}"
+
+
+def _figure_cells(nb: dict):
+    """(index, cell, number of images) of the code cells whose stored outputs draw a figure."""
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        images = sum(1 for out in cell.get("outputs", [])
+                     if any(k.startswith("image/") for k in out.get("data", {}))
+                     and not out.get("metadata", {}).get("scrapbook"))  # glued figures are shown elsewhere
+        if images:
+            yield i, cell, images
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_is_one_image_with_a_caption_and_a_name(path):
+    nb = json.loads(path.read_text())
+    for i, cell, images in _figure_cells(nb):
+        figure = cell["metadata"].get("mystnb", {}).get("figure", {})
+        assert images == 1, f"{path.name}, cell {i}: {images} images in one cell; one figure per cell gets one caption"
+        assert figure.get("caption") and figure.get("name", "").startswith("fig-"), (
+            f"{path.name}, cell {i}: a figure needs mystnb.figure metadata with a caption and a name fig-...")
+
+
+def test_every_numbered_reference_names_a_figure_of_the_book():
+    names, refs = set(), set()
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        names |= {c["metadata"].get("mystnb", {}).get("figure", {}).get("name") for c in nb["cells"]}
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "markdown":
+                refs |= {(path.name, r) for r in re.findall(r"\{numref\}`(?:[^`<]*<)?([^`>]+)>?`", "".join(cell["source"]))}
+    missing = sorted((p, r) for p, r in refs if r not in names)
+    assert not missing, f"{{numref}} targets that no figure is named: {missing}"
