@@ -151,8 +151,7 @@ def _train_and_save(spec: dict, key: str, folder: Path, progress: bool, device) 
     history = train_classifier(model, xt, yt, xv, yv, spec["epochs"], spec["batch_size"], lr=spec["lr"],
                                weight_decay=spec["weight_decay"], label_smoothing=spec["label_smoothing"],
                                crop_pad=spec["crop_pad"], grad_clip=spec.get("grad_clip"), stop_at=spec.get("stop_at"),
-                               mean=mean, std=std,
-                               seed=spec["seed"], device=device, progress=progress)
+                               mean=mean, std=std, seed=spec["seed"], device=device, progress=progress)
     info = _info(spec, key, model, classes, mean, std, list(range(len(classes))), len(yv))
     info.update(val_accuracy=history["val_accuracy"], train_seconds=history["train_seconds"],
                 history=history["epochs"], epochs=len(history["epochs"]))  # fewer than planned after stop_at
