@@ -17,7 +17,8 @@ interrupted run never leaves a half-written notebook.
 ``--jobs N`` runs N notebooks at once, each in its own process whose kernel gets cores / N torch
 threads: the book's models are small and their batches short, so one thread per notebook does more
 work per core than two threads on one notebook. Notebooks that need the same trained artefact meet
-at its cache lock (one trains it, the other waits and loads it). The execution-status page runs
+at its cache lock (one trains it, the other waits and loads it). They start longest stored run
+first, so that a long chapter does not run alone at the end. The execution-status page runs
 last, once the others' records are written, and again whenever a chapter ran.
 
 The kernels it starts inherit ``RANEM_STATIC_WIDGETS=1`` (``ranem.viz.STATIC_WIDGETS_ENV``): a
@@ -146,12 +147,24 @@ def execute(path: Path, mode: str, force: bool = False) -> float:
 STATUS_PAGE = "execution_status.ipynb"  # tabulates the other notebooks' records: runs after them
 
 
+def stored_seconds(path: Path) -> float:
+    """Seconds of the notebook's stored run (0 when it has none)."""
+    meta = nbformat.read(path, as_version=4).metadata.get("ranem", {})
+    return float((meta.get("execution") or {}).get("seconds") or 0.0)
+
+
+def longest_first(paths: list[Path]) -> list[Path]:
+    """``paths`` ordered by the seconds of their stored runs, longest first (ties keep their order):
+    started first, the long chapters do not end up running alone while the other cores idle."""
+    return sorted(paths, key=lambda p: -stored_seconds(p))
+
+
 def execute_in_parallel(paths: list[Path], mode: str, jobs: int, force: bool) -> list[Path]:
     """Run each notebook that this run does not skip in its own ``_execute.py`` process, ``jobs``
-    at a time, in the given order; the kernels split the cores between them (``OMP_NUM_THREADS``,
+    at a time, longest stored run first; the kernels split the cores between them (``OMP_NUM_THREADS``,
     unless already set). Skipped notebooks are found here first, so a warm build starts no process
     for them. Returns the notebooks run; raises SystemExit naming those that failed."""
-    paths = [p for p in paths if not skipped(p, mode, force)]
+    paths = longest_first([p for p in paths if not skipped(p, mode, force)])
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     command = [sys.executable, str(Path(__file__).resolve()), "--force"]  # checked above already

@@ -79,6 +79,7 @@ def test_parallel_execution_starts_only_the_notebooks_to_run_and_reports_failure
 
     monkeypatch.setattr(execute.subprocess, "run", fake_run)
     monkeypatch.setattr(execute, "skipped", lambda path, mode, force: path.name == "02_c.ipynb")
+    monkeypatch.setattr(execute, "stored_seconds", lambda path: 0.0)
     with pytest.raises(SystemExit, match="failed: 01_b.ipynb$"):
         execute.execute_in_parallel(paths, "cpu", jobs=2, force=False)
     assert sorted(started) == ["00_a.ipynb", "01_b.ipynb"]
@@ -91,6 +92,7 @@ def test_parallel_kernels_split_the_cores(monkeypatch, tmp_path):
     monkeypatch.setattr(execute.subprocess, "run", lambda command, env: seen.append(env["OMP_NUM_THREADS"])
                         or _finished())
     monkeypatch.setattr(execute, "skipped", lambda path, mode, force: False)
+    monkeypatch.setattr(execute, "stored_seconds", lambda path: 0.0)
     monkeypatch.setattr(execute.os, "cpu_count", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     execute.execute_in_parallel([tmp_path / "00_a.ipynb", tmp_path / "01_b.ipynb"], "cpu", jobs=2, force=True)
@@ -114,3 +116,15 @@ def test_the_status_page_runs_last_and_again_whenever_a_chapter_ran(monkeypatch,
                                               str(tmp_path / "00_a.ipynb")])
     execute.main()
     assert calls == [("00_a.ipynb", False), (execute.STATUS_PAGE, chapter_ran)]
+
+
+def test_parallel_runs_start_with_the_longest_stored_run(tmp_path):
+    import nbformat
+    paths = []
+    for name, seconds in (("00_a", 5.0), ("01_b", None), ("02_c", 900.0), ("03_d", 5.0)):
+        nb = _notebook("print(1)")
+        if seconds is not None:
+            nb.metadata["ranem"] = {"execution": {"seconds": seconds}}
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+        paths.append(tmp_path / f"{name}.ipynb")
+    assert [p.stem for p in execute.longest_first(paths)] == ["02_c", "00_a", "03_d", "01_b"]
