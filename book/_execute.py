@@ -107,18 +107,18 @@ def reason_to_skip(nb, mode: str, force: bool) -> str | None:
     return reason
 
 
-def skipped(path: Path, mode: str, force: bool) -> bool:
-    """Whether ``path`` is left alone by this run (saying why)."""
-    reason = reason_to_skip(nbformat.read(path, as_version=4), mode, force)
+def skipped(path: Path, mode: str, force: bool, nb=None) -> bool:
+    """Whether ``path`` (read as ``nb`` if given) is left alone by this run, saying why."""
+    reason = reason_to_skip(nb if nb is not None else nbformat.read(path, as_version=4), mode, force)
     if reason:
         print(f"skip {path.name}: {reason}; keeping its stored outputs", flush=True)
     return reason is not None
 
 
 def execute(path: Path, mode: str, force: bool = False) -> float:
-    if skipped(path, mode, force):
-        return 0.0
     nb = nbformat.read(path, as_version=4)
+    if skipped(path, mode, force, nb):
+        return 0.0
     meta = nb.metadata.setdefault("ranem", {})
     digest = inputs_digest(nb, mode)
     print(f"run  {path.name} (RANEM_MODE={mode}) ...", flush=True)
