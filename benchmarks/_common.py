@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import timm
 import torch
 
+from ranem.fold import fold_batchnorm
+
 
 @dataclass
 class Row:
@@ -124,11 +126,14 @@ def load_model(name, size, device):
     return random_classifier(name, size, device), "random weights"
 
 
-def random_classifier(name, size, device):
+def random_classifier(name, size, device, fold: bool = True):
     """A randomly initialised timm classifier (10 classes) for ``size``-px inputs, frozen, in eval mode
-    (ViTs with 16-px patches): what latency benchmarks time, since latency does not depend on weights."""
+    (ViTs with 16-px patches): what latency benchmarks time, since latency does not depend on weights.
+    ``fold``: BatchNorms folded into their convolutions, as ``ranem.zoo.get_classifier`` returns it."""
     kwargs = {"img_size": size, "patch_size": 16} if name.startswith("vit") else {}
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **kwargs).eval().to(device).requires_grad_(False)
+    if fold:
+        fold_batchnorm(model, torch.randn(2, 3, size, size, device=device))
     model.ranem_info = {"image_size": size}
     return model

@@ -6,7 +6,8 @@
 - saliency: ``ranem.baselines.saliency`` (Captum): forward + backward to the input. Target: Ra-NEM
   >= 1.5x faster at batch 1.
 
-Weights are random: latency does not depend on them. Timings are medians over interleaved repeats
+Weights are random: latency does not depend on them. Classifier and decoder have their BatchNorms
+folded into their convolutions, as ``get_classifier`` and ``get_nem`` return them (``--unfolded``: not). Timings are medians over interleaved repeats
 (every method once per round), so a noisy machine slows all alike; the ratios are what to read.
 
   MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456 \\
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ranem.baselines import saliency
+from ranem.fold import fold_batchnorm
 from ranem.nem import RaNEM
 from _common import benchmark_parser, device_from, random_classifier, round_robin, row
 
@@ -26,6 +28,7 @@ from _common import benchmark_parser, device_from, random_classifier, round_robi
 def parser():
     p = benchmark_parser(__doc__.splitlines()[0], repeats=15)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--unfolded", action="store_true", help="keep the BatchNorms (as before ranem.fold)")
     return p
 
 
@@ -34,8 +37,10 @@ def run(args) -> list:
     rows = []
     device = device_from(args)
     torch.manual_seed(0)
-    model = random_classifier(args.model, args.size, device)
+    model = random_classifier(args.model, args.size, device, fold=not args.unfolded)
     nem = RaNEM(model).eval()
+    if not args.unfolded:
+        fold_batchnorm(nem, torch.randn(2, 3, args.size, args.size, device=device))
     n_clf = sum(p.numel() for p in model.parameters())
     n_dec = sum(p.numel() for p in nem.decoder.parameters())
     print(f"model {args.model} (random init) at {args.size} px on {device} ({torch.get_num_threads()} threads); "

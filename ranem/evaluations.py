@@ -3,7 +3,7 @@
 ``get_evaluation(method, model, x, settings, **options)`` is ``ranem.metrics.evaluate`` of the
 registered explainer ``method`` behind a cache, ``config.cache_dir()/evaluations/<classifier key>-
 <method>-<digest>.safetensors``: chapters that score the same method on the same classifier and
-images (chapters 8 and 11) compute it once. The digest covers everything the result depends on,
+images (chapters 6, 8 and 11, all with the options of ``book_protocol``) compute it once. The digest covers everything the result depends on,
 the package's code included (``ranem.cache.code_digest``), so any change of code recomputes it. One
 process computes an entry while others wait for it (``ranem.cache.training_lock``).
 """
@@ -17,10 +17,19 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from ranem import config
+from ranem import _checks, config
 from ranem.cache import CacheError, atomic_write, code_digest, read_safetensors, tensors_sha256, training_lock
 
-__all__ = ["get_evaluation"]
+__all__ = ["book_protocol", "get_evaluation"]
+
+
+def book_protocol(settings=None, seed: int = 0) -> dict:
+    """The book's evaluation options for ``get_evaluation``: curves of ``settings.curve_steps`` steps;
+    Average Sensitivity (``settings.sensitivity_samples`` samples) and MPRT on the first
+    ``settings.n_robust`` images. Chapters that pass these share their cached entries."""
+    s = settings if settings is not None else config.settings()
+    return dict(steps=s.curve_steps, robust=s.n_robust, sensitivity_samples=s.sensitivity_samples,
+                seed=_checks.integer(seed, "seed", minimum=0))
 
 
 def get_evaluation(method: str, model, x, settings=None, **options) -> dict:

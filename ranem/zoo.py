@@ -39,6 +39,7 @@ import torch.nn as nn
 from ranem import _checks, config
 from ranem.cache import atomic_write, check_sha256, file_sha256, read_json, read_safetensors, training_lock
 from ranem.classifiers import RECIPE, accuracy, create_classifier, train_classifier
+from ranem.fold import fold_batchnorm
 from ranem.pretrained import WHEELS, pretrained_classifier
 
 __all__ = ["CACHE_VERSION", "NEM_CACHE_VERSION", "CLASSIFIER_KINDS", "DATASETS", "RECIPES", "WHEEL_ARCHITECTURES",
@@ -126,9 +127,19 @@ def _classifier_data(spec: dict):
 
 
 def _freeze(model: nn.Module, info: dict) -> nn.Module:
+    """Eval mode, no parameter gradients, BatchNorms folded into their convolutions (``ranem.fold``:
+    the same function, ~1.2x faster on every path that runs the classifier), ``ranem_info`` attached."""
     model.eval().requires_grad_(False)
+    info["batchnorms_folded"] = fold_batchnorm(model, _example(info, model))
     model.ranem_info = info
     return model
+
+
+def _example(info: dict, model: nn.Module) -> torch.Tensor:
+    """Two seeded random images at the classifier's size, on its device: what ``fold_batchnorm`` checks on."""
+    weight = next(model.parameters())
+    x = torch.randn(2, 3, *_checks.size_pair(info["image_size"]), generator=torch.Generator().manual_seed(0))
+    return x.to(weight.device, weight.dtype)
 
 
 def _info(spec: dict, key: str, model: nn.Module, classes: list, mean, std, label_index: list,
@@ -304,7 +315,9 @@ def get_nem(kind: str = "ranem", classifier_kind: str = "cnn", dataset: str = "i
     interrupted run) and cached. ``options`` override ``nem_spec`` fields (samples, epochs, n_train,
     seed, area_weight for NEMt...). The history (losses, validation faithfulness, per-epoch
     snapshots, seconds) comes back as ``nem.history``; ``nem.history['cached']`` says whether it was
-    loaded."""
+    loaded. The NEM comes in eval mode, ready to explain, with its decoder's BatchNorms folded into
+    their convolutions (``ranem.fold``); to train it further, load its weights into a fresh one
+    (``NEM.load(path, classifier)``)."""
     s = settings if settings is not None else config.settings()
     clf = get_classifier(classifier_kind, dataset, settings=s, progress=progress, device=device)
     # The NEM trains at the size its classifier is fed (the ViT's can differ from the CNN's).
@@ -318,7 +331,8 @@ def get_nem(kind: str = "ranem", classifier_kind: str = "cnn", dataset: str = "i
             cached = path.is_file()
             if not cached:
                 _train_nem(spec, clf, folder, progress)
-    nem = _nem_classes()[kind].load(path, clf)
+    nem = _nem_classes()[kind].load(path, clf).eval()
+    nem.history["batchnorms_folded"] = fold_batchnorm(nem, _example(clf.ranem_info, clf))  # explains, never trains
     nem.history["cached"] = cached
     nem.history["key"] = folder.name
     return nem

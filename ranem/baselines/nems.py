@@ -15,6 +15,7 @@ normalised with the classifier's statistics; ``batch_size`` bounds the images pe
 """
 from __future__ import annotations
 
+import copy
 import weakref
 
 from ranem.baselines._common import model_input
@@ -47,7 +48,8 @@ def attach(nem, model):
     per_model = _ATTACHED.setdefault(model, {})
     if id(nem) not in per_model or per_model[id(nem)][0] is not nem:  # the pair keeps nem alive: ids stay unique
         twin = type(nem)(model, **nem.config)
-        twin.decoder.load_state_dict(nem.decoder.state_dict())
+        twin.decoder = copy.deepcopy(nem.decoder)  # the module itself: a folded decoder (ranem.fold) has other keys
+        twin.train(nem.training)
         twin.history = nem.history
         per_model[id(nem)] = (nem, twin)
     return per_model[id(nem)][1]
