@@ -75,13 +75,18 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
 
 @torch.no_grad()
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    scale = torch.rsqrt(bn.running_var + bn.eps)
+    # In float64 on the CPU: the folded weights are then the same bits on every device, so the
+    # classifier's fingerprint (which a saved NEM records) does not depend on where it was folded.
+    cpu = {"device": "cpu", "dtype": torch.float64}
+    scale = 1 / torch.sqrt(bn.running_var.to(**cpu) + bn.eps)
     if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0)
-    old_bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-    conv.weight.mul_(scale.to(conv.weight.dtype).reshape(-1, *[1] * (conv.weight.ndim - 1)))
-    conv.bias = nn.Parameter((old_bias * scale + shift).to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+        scale = scale * bn.weight.to(**cpu)
+    shift = -bn.running_mean.to(**cpu) * scale + (bn.bias.to(**cpu) if bn.bias is not None else 0)
+    old_bias = conv.bias.to(**cpu) if conv.bias is not None else torch.zeros_like(shift)
+    weight = conv.weight.to(**cpu) * scale.reshape(-1, *[1] * (conv.weight.ndim - 1))
+    conv.weight.copy_(weight)
+    conv.bias = nn.Parameter((old_bias * scale + shift).to(conv.weight.device, conv.weight.dtype),
+                             requires_grad=conv.weight.requires_grad)
 
 
 def _fold_all(model: nn.Module, pairs: list[tuple[str, str]]) -> None:

@@ -48,7 +48,9 @@ __all__ = ["CACHE_VERSION", "NEM_CACHE_VERSION", "CLASSIFIER_KINDS", "DATASETS",
 # Bump when the training recipe or the data pipeline changes: every cached classifier is retrained.
 CACHE_VERSION = 1
 # Bump when the NEM training changes: every cached NEM is retrained.
-NEM_CACHE_VERSION = 2  # 2: the decoder's design (upsampling, output stride, widths) is part of the spec
+# 2: the decoder's design (upsampling, output stride, widths) is part of the spec; 3: NEMs train on and record
+# the fingerprint of the classifier with its BatchNorms folded (ranem.fold), so earlier ones would not load.
+NEM_CACHE_VERSION = 3
 CLASSIFIER_KINDS = ("cnn", "vit")
 DATASETS = ("imagenette", "synthetic")
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED = 0, 1
