@@ -340,3 +340,26 @@ def test_format_1_files_load_with_the_decoder_they_were_trained_with(tmp_path, r
     assert back.config["upsample"] == "transposed" and back.config["output_stride"] == 1
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(back.explain(x), old.explain(x))
+
+
+def test_one_image_runs_the_decoder_on_one_thread_with_the_same_maps(monkeypatch):
+    # Why: a single image's decoder ops are too small to pay for waking a second thread. The maps
+    # must not depend on it, and the caller's thread count must come back, also after an error.
+    nem = RaNEM(_model("resnet")).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    seen = []
+    real = nem.decoder.head.forward
+    monkeypatch.setattr(nem.decoder.head, "forward", lambda t: (seen.append(torch.get_num_threads()), real(t))[1])
+    torch.set_num_threads(2)
+    try:
+        one = nem.explain(x)
+        pair = nem.explain(torch.cat([x, x]))
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+        torch.testing.assert_close(one[0], pair[0], rtol=1e-5, atol=1e-5)
+        monkeypatch.setattr(nem.decoder.head, "forward", lambda t: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            nem.explain(x)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
