@@ -3,7 +3,7 @@
 One switch, the environment variable ``RANEM_MODE``, scales every notebook and script:
 
 - ``quick``: seconds per notebook; proves the code path (tests, CI), not the science.
-- ``cpu``: a laptop reproduction on real data at small scale (2 cores: about an hour for the
+- ``cpu``: a laptop reproduction on real data at small scale (2 cores: about half an hour for the
   book's first build, which trains everything it explains; seconds once that is cached).
 - ``gpu``: the paper's protocol where a GPU's minutes afford it (224 px, 10 epochs, S = 6), offline:
   EfficientNet-Lite2 from its wheel, 1,500 NEM training images and 200 evaluation images.
