@@ -7,8 +7,9 @@
   >= 1.5x faster at batch 1.
 
 Weights are random: latency does not depend on them. Classifier and decoder have their BatchNorms
-folded into their convolutions, as ``get_classifier`` and ``get_nem`` return them (``--unfolded``: not). Timings are medians over interleaved repeats
-(every method once per round), so a noisy machine slows all alike; the ratios are what to read.
+folded into their convolutions, as ``get_classifier`` and ``get_nem`` return them (``--unfolded``:
+not). Timings are medians over interleaved repeats (every method once per round), so a noisy machine
+slows all alike; the ratios are what to read.
 
   MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456 \\
       .venv/bin/python benchmarks/explain.py --model tf_efficientnet_lite0 --size 144   # cpu mode's CNN
