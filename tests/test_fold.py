@@ -102,3 +102,19 @@ def test_a_folded_nem_explains_as_before():
     n = fold_batchnorm(nem, x[:2])
     assert n > 0 and _batchnorms(nem) == 0  # the classifier's and the decoder's
     torch.testing.assert_close(nem.explain(x), before, rtol=1e-4, atol=1e-4)
+
+
+def test_a_folded_nem_attaches_to_another_copy_of_its_classifier():
+    # Chapters explain with the classifier object they loaded, not the NEM's own: attach() must carry
+    # a folded decoder over (its state dict has other keys than a fresh decoder's).
+    from ranem.baselines.nems import attach
+    from ranem.nem import RaNEM
+    classifier = _with_running_stats(timm.create_model("resnet10t", num_classes=10)).requires_grad_(False)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    fold_batchnorm(classifier, x[:2])
+    nem = RaNEM(classifier).eval()
+    _with_running_stats(nem.decoder, seed=4)
+    fold_batchnorm(nem, x[:2])
+    twin = attach(nem, copy.deepcopy(classifier))
+    assert twin is not nem and _batchnorms(twin) == 0
+    torch.testing.assert_close(twin.explain(x), nem.explain(x), rtol=1e-5, atol=1e-5)
