@@ -3,9 +3,10 @@
 ``get_evaluation(method, model, x, settings, **options)`` is ``ranem.metrics.evaluate`` of the
 registered explainer ``method`` behind a cache, ``config.cache_dir()/evaluations/<classifier key>-
 <method>-<digest>.safetensors``: chapters that score the same method on the same classifier and
-images (chapters 6, 8 and 11, all with the options of ``book_protocol``) compute it once. The digest covers everything the result depends on,
-the package's code included (``ranem.cache.code_digest``), so any change of code recomputes it. One
-process computes an entry while others wait for it (``ranem.cache.training_lock``).
+images with the same options (chapters 6, 8, 10 and 11 pass ``book_protocol``) compute it once. The
+digest covers everything the result depends on, the package's code included
+(``ranem.cache.code_digest``), so any change of code recomputes it. One process computes an entry
+while others wait for it (``ranem.cache.training_lock``).
 """
 from __future__ import annotations
 

@@ -100,3 +100,16 @@ def test_a_corrupted_entry_is_reported_not_used(model, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CacheError, match="compute it again"):
         evaluations.get_evaluation("saliency", model, x, config.settings("quick"), steps=4)
+
+
+def test_book_protocol_is_the_settings_evaluation_options_and_shares_entries(model, calls):
+    settings = config.settings("quick")
+    options = evaluations.book_protocol(settings, seed=3)
+    assert options == dict(steps=settings.curve_steps, robust=settings.n_robust,
+                           sensitivity_samples=settings.sensitivity_samples, seed=3)
+    x = torch.rand(max(2, settings.n_robust), 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    evaluations.get_evaluation("saliency", model, x, settings, **options)
+    evaluations.get_evaluation("saliency", model, x, settings, **evaluations.book_protocol(settings, seed=3))
+    assert len(calls) == 1  # two chapters passing the protocol share one entry
+    with pytest.raises(ValueError, match="seed"):
+        evaluations.book_protocol(settings, seed=-1)
